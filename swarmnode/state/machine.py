@@ -1,0 +1,862 @@
+"""SwarmState: the replicated state machine of the swarm.
+
+``apply(cmd)`` is the only mutator. It is deterministic (time arrives as ``cmd["ts"]``; no
+clock, I/O or randomness; no iteration over sets or unordered maps decides anything), never
+raises for bad input, and validates a command completely before touching the state, so a
+refused command leaves ``digest()`` unchanged. Raft (pysyncobj) replicates this object as is and
+the simulator drives it directly.
+
+Idempotency: the result of every command that changed the state is remembered by its ``rid``
+(the last :data:`DEDUP_LIMIT`); applying that rid again returns the stored result. Commands that
+changed nothing (errors, "nothing to claim") are not remembered: re-running them is harmless.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .records import (BLOCKED, BUILT, FAILED, LEASED, PLANNED, READY, Artifact, Cycle, Job,
+                      Lease, Node, Production, Release)
+from .scheduling import allocate_cores, critical_paths, estimate, learn, package_key, topo_order
+
+FORMAT_VERSION = 1
+DEDUP_LIMIT = 10_000
+DEFAULT_CONFIG: dict[str, Any] = {
+    "breaker_threshold": 5,      # consecutive failures that ground a node (the seed's figure)
+    "breaker_cooldown_s": 300.0,  # how long it stays grounded before probation
+    "fail_nodes": 2,             # distinct nodes a job must fail on before it is `failed`
+    "keep_releases": 5,          # releases (and cycles) kept per profile
+}
+
+Result = dict[str, Any]
+
+
+class _Bad(Exception):
+    """Invalid command: raised only while validating, before any mutation."""
+
+
+_MISSING = object()
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Fields:
+    """Typed access to a command's fields; every failure names the field.
+
+    A field that is absent or None takes ``default``; without a default it is required.
+    """
+
+    def __init__(self, where: str, data: dict[str, Any]) -> None:
+        self.where = where
+        self.data = data
+
+    def _get(self, name: str, default: Any) -> tuple[Any, bool]:
+        """(value, present); raises for a required field that is missing."""
+        value = self.data.get(name)
+        if value is not None:
+            return value, True
+        if default is _MISSING:
+            raise _Bad(f"{self.where}: field '{name}' is missing")
+        return default, False
+
+    def _wrong(self, name: str, what: str, value: Any) -> _Bad:
+        return _Bad(f"{self.where}: field '{name}' must be {what} (got {_short(value)})")
+
+    def text(self, name: str, default: Any = _MISSING, empty: bool = False) -> Any:
+        value, present = self._get(name, default)
+        if present and (not isinstance(value, str) or (not empty and not value)):
+            raise self._wrong(name, "a string" if empty else "a non-empty string", value)
+        return value
+
+    def integer(self, name: str, minimum: int | None = None, default: Any = _MISSING) -> Any:
+        value, present = self._get(name, default)
+        if present and (not isinstance(value, int) or isinstance(value, bool)
+                        or (minimum is not None and value < minimum)):
+            bound = f" ≥ {minimum}" if minimum is not None else ""
+            raise self._wrong(name, "an integer" + bound, value)
+        return value
+
+    def number(self, name: str, minimum: float | None = None, positive: bool = False,
+               default: Any = _MISSING) -> Any:
+        value, present = self._get(name, default)
+        if not present:
+            return value
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) and (minimum is None or value >= minimum) \
+            and (not positive or value > 0)
+        if not ok:
+            what = "a positive number" if positive else (
+                f"a number ≥ {minimum:g}" if minimum is not None else "a number")
+            raise self._wrong(name, what, value)
+        return float(value)
+
+    def flag(self, name: str, default: Any = _MISSING) -> Any:
+        value, present = self._get(name, default)
+        if present and not isinstance(value, bool):
+            raise self._wrong(name, "true or false", value)
+        return value
+
+    def items(self, name: str, default: Any = _MISSING) -> list[Any]:
+        value, present = self._get(name, default)
+        if present and not isinstance(value, (list, tuple)):
+            raise self._wrong(name, "a list", value)
+        return list(value)
+
+    def texts(self, name: str, default: Any = _MISSING) -> list[str]:
+        value = self.items(name, default)
+        if not all(isinstance(v, str) and v for v in value):
+            raise self._wrong(name, "a list of non-empty strings", value)
+        return value
+
+    def text_map(self, name: str, default: Any = _MISSING) -> dict[str, str]:
+        value, present = self._get(name, default)
+        if present and (not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+            raise self._wrong(name, "a map of string to string", value)
+        return dict(value)
+
+    def cpv(self, name: str) -> str:
+        value = self.text(name)
+        cat, _, pkg = value.partition("/")
+        if not cat or not pkg or "/" in pkg or any(c.isspace() for c in value):
+            raise self._wrong(name, "a 'category/package-version'", value)
+        return value
+
+
+def _err(message: str, **flags: Any) -> Result:
+    return {"ok": False, "error": message, **flags}
+
+
+def _canonical(value: Any) -> Any:
+    """Sorted-key copy so the packed bytes depend on content only, never on insertion order."""
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+class SwarmState:
+    """The whole control state of the swarm (see module docstring for the contract)."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = dict(DEFAULT_CONFIG)
+        self._nodes: dict[str, Node] = {}
+        self.cycles: dict[str, Cycle] = {}
+        self.cycle_order: list[str] = []          # creation order, oldest first
+        self.leases: dict[int, Lease] = {}        # fence → live lease
+        self.next_fence = 1
+        self.build_ids: dict[str, int] = {}       # cpv → last allocated BUILD_ID
+        self.durations: dict[str, float] = {}     # cat/pn → learned core-seconds (EWMA)
+        self._releases: dict[str, Release] = {}
+        self.release_order: list[str] = []        # creation order, oldest first
+        self.productions: dict[str, Production] = {}
+        self.counters: dict[str, int] = {}
+        self.applied: OrderedDict[str, Result] = OrderedDict()
+        # Derived, never serialised (rebuilt on load): sha256 → every Artifact copy, and
+        # cycle_id → (critical paths, cat/pn → cpvs of the cycle) for the claim ranking.
+        self._by_sha: dict[str, list[Artifact]] = {}
+        self._crit: dict[str, tuple[dict[str, float], dict[str, list[str]]]] = {}
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return _canonical({
+            "version": FORMAT_VERSION,
+            "config": self.config,
+            "nodes": {k: v.to_dict() for k, v in self._nodes.items()},
+            "cycles": {k: v.to_dict() for k, v in self.cycles.items()},
+            "cycle_order": self.cycle_order,
+            "leases": [self.leases[f].to_dict() for f in sorted(self.leases)],
+            "next_fence": self.next_fence,
+            "build_ids": self.build_ids,
+            "durations": self.durations,
+            "releases": {k: v.to_dict() for k, v in self._releases.items()},
+            "release_order": self.release_order,
+            "productions": {k: v.to_dict() for k, v in self.productions.items()},
+            "counters": self.counters,
+            "applied": [[rid, res] for rid, res in self.applied.items()],
+        })
+
+    def to_bytes(self) -> bytes:
+        """msgpack of the whole state (canonical: equal states give equal bytes)."""
+        return msgpack.packb(self.to_dict(), use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SwarmState:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if raw.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported swarm state format {raw.get('version')!r}")
+        st = cls()
+        st.config = {**DEFAULT_CONFIG, **raw["config"]}
+        st._nodes = {k: Node.from_dict(v) for k, v in raw["nodes"].items()}
+        st.cycles = {k: Cycle.from_dict(v) for k, v in raw["cycles"].items()}
+        st.cycle_order = list(raw["cycle_order"])
+        st.leases = {d["fence"]: Lease.from_dict(d) for d in raw["leases"]}
+        st.next_fence = raw["next_fence"]
+        st.build_ids = dict(raw["build_ids"])
+        st.durations = dict(raw["durations"])
+        st._releases = {k: Release.from_dict(v) for k, v in raw["releases"].items()}
+        st.release_order = list(raw["release_order"])
+        st.productions = {k: Production.from_dict(v) for k, v in raw["productions"].items()}
+        st.counters = dict(raw["counters"])
+        st.applied = OrderedDict((rid, res) for rid, res in raw["applied"])
+        st._reindex_artifacts()
+        return st
+
+    def digest(self) -> str:
+        """sha256 hex of :meth:`to_bytes`: replicas with equal digests hold equal state."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    # ------------------------------------------------------------------ read helpers
+
+    def cycle(self, cycle_id: str) -> Cycle | None:
+        return self.cycles.get(cycle_id)
+
+    def _cycles_of(self, profile: str) -> list[Cycle]:
+        """Cycles of a profile, newest first."""
+        return [self.cycles[c] for c in reversed(self.cycle_order)
+                if self.cycles[c].profile == profile]
+
+    def latest_cycle(self, profile: str) -> Cycle | None:
+        found = self._cycles_of(profile)
+        return found[0] if found else None
+
+    def active_cycles(self) -> list[Cycle]:
+        """Cycles with jobs still to build or in flight, oldest first."""
+        return [self.cycles[c] for c in self.cycle_order if not self.cycles[c].finished]
+
+    def release(self, release_id: str) -> Release | None:
+        return self._releases.get(release_id)
+
+    def production(self, profile: str) -> Production | None:
+        return self.productions.get(profile)
+
+    def releases(self, profile: str) -> list[Release]:
+        return [self._releases[r] for r in reversed(self.release_order)
+                if self._releases[r].profile == profile]
+
+    def node(self, node_id: str) -> Node | None:
+        return self._nodes.get(node_id)
+
+    def nodes(self) -> list[Node]:
+        return [self._nodes[k] for k in sorted(self._nodes)]
+
+    def find_job(self, profile: str, cpv: str) -> Job | None:
+        """The job for ``cpv`` in the newest cycle of ``profile`` that has it."""
+        for cyc in self._cycles_of(profile):
+            if cpv in cyc.jobs:
+                return cyc.jobs[cpv]
+        return None
+
+    def lease(self, fence: int) -> Lease | None:
+        return self.leases.get(fence)
+
+    def needs_maintenance(self, ts: float) -> bool:
+        """Would an ``expire`` at ``ts`` change anything (a lease ran out, a breaker cooled)?"""
+        return any(l.expires_at < ts for l in self.leases.values()) or any(
+            n.grounded_until is not None and n.grounded_until <= ts for n in self._nodes.values())
+
+    def estimate(self, cpv: str) -> float:
+        """Estimated core-seconds to build ``cpv`` (learned per package, default 60)."""
+        return estimate(self.durations, cpv)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able overview for `swarmnode status` and the dashboard."""
+        held: dict[str, list[int]] = {}
+        for fence in sorted(self.leases):
+            held.setdefault(self.leases[fence].node_id, []).append(fence)
+        profiles = sorted({c.profile for c in self.cycles.values()} | set(self.productions)
+                          | {p for n in self._nodes.values() for p in n.profiles})
+        out_profiles: dict[str, Any] = {}
+        for prof in profiles:
+            cyc = self.latest_cycle(prof)
+            prod = self.productions.get(prof)
+            out_profiles[prof] = {
+                "production": prod.to_dict() if prod else None,
+                "releases": [r.id for r in self.releases(prof)],
+                "cycle": None if cyc is None else {
+                    "id": cyc.id, "tree_version": cyc.tree_version, "created_ts": cyc.created_ts,
+                    "targets": list(cyc.targets), "closed": cyc.closed,
+                    "release_id": cyc.release_id, "finished": cyc.finished,
+                    "counts": cyc.counts, "reused": len(cyc.reused),
+                    "failed": [{"cpv": j, "error": cyc.jobs[j].error,
+                                "failed_nodes": list(cyc.jobs[j].failed_nodes),
+                                "log_sha256": cyc.jobs[j].log_sha256,
+                                "log_node": cyc.jobs[j].log_node}
+                               for j in cyc.cpvs_in(FAILED)],
+                    "blocked": cyc.cpvs_in(BLOCKED),
+                },
+            }
+        return {
+            "nodes": [{**n.to_dict(), "leases": held.get(n.node_id, [])}
+                      for n in self.nodes()],
+            "profiles": out_profiles,
+            "leases": [self.leases[f].to_dict() for f in sorted(self.leases)],
+            "counters": dict(sorted(self.counters.items())),
+            "config": dict(self.config),
+        }
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, cmd: dict[str, Any]) -> Result:
+        """Apply one command; see the module docstring. Never raises."""
+        if not isinstance(cmd, dict):
+            return _err(f"a command must be a map with 'op', 'rid' and 'ts' (got {_short(cmd)})")
+        op = cmd.get("op")
+        handler = _HANDLERS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return _err(f"unknown op {_short(op)}; expected one of: {', '.join(sorted(_HANDLERS))}")
+        rid = cmd.get("rid")
+        if not isinstance(rid, str) or not rid:
+            return _err(f"{op}: field 'rid' must be a non-empty string (got {_short(rid)})")
+        if rid in self.applied:
+            return copy.deepcopy(self.applied[rid])
+        fields = _Fields(op, cmd)
+        try:
+            ts = fields.number("ts")
+            result, changed = handler(self, fields, ts)
+        except _Bad as exc:
+            return _err(str(exc))
+        except Exception as exc:  # a bug: report it as one line rather than kill the replica
+            return _err(f"{op}: internal error: {type(exc).__name__}: {exc}")
+        if changed:
+            self.applied[rid] = result
+            while len(self.applied) > DEDUP_LIMIT:
+                self.applied.popitem(last=False)
+        return copy.deepcopy(result)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # ------------------------------------------------------------------ ops
+
+    def _op_register_node(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Upsert a node (its breaker state survives re-registration)."""
+        node_id = f.text("node_id")
+        url = f.text("url", empty=True)
+        cores = f.integer("cores", minimum=1)
+        profiles = sorted(set(f.texts("profiles")))
+        sweeper = f.flag("sweeper", default=False)
+        tree_versions = f.text_map("tree_versions", default={})
+        node = self._nodes.get(node_id)
+        new = node is None
+        if node is None:
+            node = self._nodes[node_id] = Node(node_id=node_id, url=url, cores=cores,
+                                              profiles=profiles)
+        node.url, node.cores, node.profiles = url, cores, profiles
+        node.sweeper, node.tree_versions, node.last_seen = sweeper, tree_versions, ts
+        return {"ok": True, "node": node.to_dict(), "new": new}, True
+
+    def _op_start_cycle(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Create a cycle after checking its job graph; jobs without deps start ready."""
+        cycle_id = f.text("cycle_id")
+        profile = f.text("profile")
+        tree_version = f.text("tree_version", default="", empty=True)
+        targets = f.texts("targets", default=[])
+        jobs = self._parse_jobs(f.items("jobs"))
+        reused = self._parse_artifacts(f.items("reused", default=[]))
+        if cycle_id in self.cycles:
+            raise _Bad(f"start_cycle: cycle {cycle_id} already exists; use a new cycle id")
+        for cyc in self._cycles_of(profile):
+            if not cyc.finished and not cyc.closed:
+                raise _Bad(f"start_cycle: cycle {cyc.id} for {profile} is still running; "
+                           "wait, or `swarmnode reset`")
+        for cpv in sorted(jobs):
+            for dep in jobs[cpv].deps:
+                if dep not in jobs:
+                    raise _Bad(f"start_cycle: job {cpv} depends on {dep}, "
+                               "which is not a job of this cycle")
+        _, stuck = topo_order({c: j.deps for c, j in jobs.items()})
+        if stuck:
+            raise _Bad(f"start_cycle: dependency cycle among {', '.join(stuck[:8])}"
+                       + (f" (+{len(stuck) - 8} more)" if len(stuck) > 8 else ""))
+        # -- valid: mutate from here on
+        for cpv in sorted(jobs):
+            for dep in jobs[cpv].deps:
+                jobs[dep].dependents.append(cpv)
+        for job in jobs.values():
+            job.state = PLANNED if job.deps else READY
+        for art in reused.values():
+            if not art.holders:
+                art.holders = sorted({h for a in self._by_sha.get(art.sha256, [])
+                                      for h in a.holders})
+            self.build_ids[art.cpv] = max(self.build_ids.get(art.cpv, 0), art.build_id)
+        cyc = Cycle(id=cycle_id, profile=profile, tree_version=tree_version, targets=targets,
+                    created_ts=ts, jobs=jobs, reused=reused)
+        self.cycles[cycle_id] = cyc
+        self.cycle_order.append(cycle_id)
+        for art in reused.values():
+            self._by_sha.setdefault(art.sha256, []).append(art)
+        pruned = self._prune_cycles(profile)
+        return {"ok": True, "cycle_id": cycle_id, "profile": profile, "jobs": len(jobs),
+                "ready": cyc.ready, "reused": len(reused), "complete": cyc.finished,
+                "pruned_cycles": pruned}, True
+
+    def _parse_jobs(self, raw_jobs: list[Any]) -> dict[str, Job]:
+        jobs: dict[str, Job] = {}
+        for i, raw in enumerate(raw_jobs):
+            if not isinstance(raw, dict):
+                raise _Bad(f"start_cycle: jobs[{i}] must be a map (got {_short(raw)})")
+            jf = _Fields(f"start_cycle: jobs[{i}]", raw)
+            cpv = jf.cpv("cpv")
+            if cpv in jobs:
+                raise _Bad(f"start_cycle: job {cpv} is listed twice")
+            jobs[cpv] = Job(cpv=cpv, slot=jf.text("slot", default="0"),
+                            subslot=jf.text("subslot", default="", empty=True),
+                            use=sorted(set(jf.texts("use", default=[]))),
+                            repo=jf.text("repo", default="gentoo"),
+                            deps=sorted(set(jf.texts("deps", default=[]))),
+                            reason=jf.text("reason", default="", empty=True))
+        return jobs
+
+    def _parse_artifacts(self, raw_list: list[Any]) -> dict[str, Artifact]:
+        out: dict[str, Artifact] = {}
+        for i, raw in enumerate(raw_list):
+            if not isinstance(raw, dict):
+                raise _Bad(f"start_cycle: reused[{i}] must be a map (got {_short(raw)})")
+            af = _Fields(f"start_cycle: reused[{i}]", raw)
+            art = Artifact(cpv=af.cpv("cpv"), sha256=af.text("sha256"),
+                           size=af.integer("size", minimum=0), build_id=af.integer("build_id", minimum=1),
+                           slot=af.text("slot", default="0"),
+                           subslot=af.text("subslot", default="", empty=True),
+                           use=sorted(set(af.texts("use", default=[]))),
+                           repo=af.text("repo", default="gentoo"),
+                           holders=sorted(set(af.texts("holders", default=[]))))
+            if art.cpv in out:
+                raise _Bad(f"start_cycle: reused artifact {art.cpv} is listed twice")
+            out[art.cpv] = art
+        return out
+
+    def _op_claim(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Lease the ready job with the longest remaining critical path this node may build.
+
+        The job dict in the result also carries ``cycle_id``, ``profile`` and ``est_core_s``.
+        """
+        node_id = f.text("node_id")
+        free_cores = f.integer("free_cores")
+        ttl = f.number("lease_ttl_s", positive=True)
+        if free_cores < 1:
+            raise _Bad(f"claim: free_cores must be ≥ 1 (got {free_cores}): no core to build on")
+        node = self._nodes.get(node_id)
+        if node is None:
+            return self._nothing(f"node {node_id} is not registered; register it first")
+        breaker = node.breaker(ts)
+        if breaker == "grounded":
+            return self._nothing(f"node {node_id} is grounded until {node.grounded_until:.0f} "
+                                 f"after {node.consecutive_failures} consecutive failures")
+        if breaker == "probation" and any(l.node_id == node_id for l in self.leases.values()):
+            return self._nothing(f"node {node_id} is on probation: one job at a time "
+                                 "until a build succeeds")
+        best: tuple[tuple[float, str, int], Cycle, Job] | None = None
+        any_ready = False
+        for pos, cyc in enumerate(self.active_cycles()):
+            any_ready = any_ready or cyc.ready > 0
+            if cyc.ready == 0 or cyc.profile not in node.profiles:
+                continue
+            node_tree = node.tree_versions.get(cyc.profile)
+            if cyc.tree_version and node_tree is not None and node_tree != cyc.tree_version:
+                continue
+            crit = self._critical(cyc)
+            for cpv in cyc.cpvs_in(READY):
+                job = cyc.jobs[cpv]
+                if node_id in job.failed_nodes:
+                    continue
+                key = (-crit[cpv], cpv, pos)
+                if best is None or key < best[0]:
+                    best = (key, cyc, job)
+        if best is None:
+            return self._nothing("nothing ready to build" if not any_ready else
+                                 f"no ready job node {node_id} can take (profiles, tree "
+                                 "version, or it failed them before)")
+        _, cyc, job = best
+        if breaker == "probation":
+            node.grounded_until, node.probation = None, True
+        est = estimate(self.durations, job.cpv)
+        cores = allocate_cores(est, free_cores)
+        lease = Lease(fence=self.next_fence, node_id=node_id, cycle_id=cyc.id, cpv=job.cpv,
+                      cores=cores, expires_at=ts + ttl, started_at=ts)
+        self.next_fence += 1
+        self.leases[lease.fence] = lease
+        job.lease, job.cores_used = lease.fence, cores
+        cyc.set_state(job, LEASED)
+        self._count("claims")
+        return {"ok": True, "job": {**job.to_dict(), "cycle_id": cyc.id, "profile": cyc.profile,
+                                    "est_core_s": est},
+                "lease": lease.to_dict()}, True
+
+    @staticmethod
+    def _nothing(reason: str) -> tuple[Result, bool]:
+        return {"ok": True, "job": None, "reason": reason}, False
+
+    def _critical(self, cyc: Cycle) -> dict[str, float]:
+        cached = self._crit.get(cyc.id)
+        if cached is None:
+            deps = {c: j.deps for c, j in cyc.jobs.items()}
+            dependents = {c: j.dependents for c, j in cyc.jobs.items()}
+            est = {c: estimate(self.durations, c) for c in cyc.jobs}
+            keys: dict[str, list[str]] = {}
+            for cpv in cyc.jobs:
+                keys.setdefault(package_key(cpv), []).append(cpv)
+            cached = (critical_paths(deps, dependents, est), keys)
+            self._crit[cyc.id] = cached
+        return cached[0]
+
+    def _learn(self, key: str, core_seconds: float) -> None:
+        """Update an estimate; drop cached paths only where an unbuilt job uses it.
+
+        A ready job's path involves only unbuilt jobs (itself and its dependents), so a change
+        to the estimate of a just-built package leaves every ranking that matters unchanged.
+        """
+        self.durations[key] = learn(self.durations.get(key), core_seconds)
+        for cid in sorted(self._crit):
+            cyc = self.cycles[cid]
+            if any(cyc.jobs[c].state != BUILT for c in self._crit[cid][1].get(key, ())):
+                del self._crit[cid]
+
+    def _live_lease(self, fence: int, node_id: str, ts: float) -> Lease | None:
+        """The lease ``fence`` if it is live at ``ts``, held by ``node_id`` and its job's current one."""
+        lease = self.leases.get(fence)
+        if lease is None or lease.node_id != node_id or not lease.live(ts):
+            return None
+        cyc = self.cycles.get(lease.cycle_id)
+        job = cyc.jobs.get(lease.cpv) if cyc else None
+        if job is None or job.lease != fence or job.state != LEASED:
+            return None
+        return lease
+
+    def _op_heartbeat(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Extend a live lease; ``lost`` tells the builder to stop."""
+        node_id = f.text("node_id")
+        fence = f.integer("fence")
+        ttl = f.number("lease_ttl_s", positive=True)
+        node = self._nodes.get(node_id)
+        if node is None:
+            return _err(f"heartbeat: node {node_id} is not registered", lost=True), False
+        node.last_seen = ts
+        lease = self._live_lease(fence, node_id, ts)
+        if lease is None:
+            return _err(f"heartbeat: lease {fence} is no longer held by {node_id} "
+                        "(expired or reassigned); stop building", lost=True), True
+        lease.expires_at = max(lease.expires_at, ts + ttl)
+        return {"ok": True, "lease": lease.to_dict()}, True
+
+    def _op_complete(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Record a build result for a live lease; stale fences are counted, never recorded."""
+        node_id = f.text("node_id")
+        fence = f.integer("fence")
+        cycle_id = f.text("cycle_id")
+        cpv = f.text("cpv")
+        success = f.flag("success")
+        duration = f.number("duration_s", minimum=0.0)
+        log_sha = f.text("log_sha256", default=None)
+        error = f.text("error", default="", empty=True)
+        raw_art = f.data.get("artifact")
+        if success:
+            if not isinstance(raw_art, dict):
+                raise _Bad("complete: field 'artifact' must be a map {sha256, size} "
+                           f"when success is true (got {_short(raw_art)})")
+            af = _Fields("complete: artifact", raw_art)
+            sha, size = af.text("sha256"), af.integer("size", minimum=0)
+        lease = self._live_lease(fence, node_id, ts)
+        if lease is None or lease.cycle_id != cycle_id or lease.cpv != cpv:
+            self._count("stale_completions")
+            return _err(f"complete: lease {fence} for {cpv} is not live (expired, superseded "
+                        "or unknown); result discarded", stale=True), True
+        # -- valid and live: mutate from here on
+        cyc = self.cycles[cycle_id]
+        job = cyc.jobs[cpv]
+        node = self._nodes[node_id]
+        del self.leases[fence]
+        job.lease = None
+        job.attempts += 1
+        job.log_sha256, job.log_node, job.duration_s = log_sha, node_id, duration
+        job.cores_used = lease.cores
+        self._count("completions")
+        if success:
+            build_id = self.build_ids.get(cpv, 0) + 1
+            self.build_ids[cpv] = build_id
+            job.artifact = Artifact(cpv=cpv, sha256=sha, size=size, build_id=build_id,
+                                    slot=job.slot, subslot=job.subslot, use=list(job.use),
+                                    repo=job.repo, holders=[node_id])
+            self._by_sha.setdefault(sha, []).append(job.artifact)
+            job.error = ""
+            cyc.set_state(job, BUILT)
+            self._learn(package_key(cpv), duration * lease.cores)
+            node.consecutive_failures, node.grounded_until, node.probation = 0, None, False
+            ready = [d for d in job.dependents if cyc.jobs[d].state == PLANNED
+                     and all(cyc.jobs[x].state == BUILT for x in cyc.jobs[d].deps)]
+            for d in ready:
+                cyc.set_state(cyc.jobs[d], READY)
+            return {"ok": True, "state": BUILT, "build_id": build_id, "now_ready": ready}, True
+        self._count("failures")
+        job.error = error
+        if node_id not in job.failed_nodes:
+            job.failed_nodes = sorted([*job.failed_nodes, node_id])
+        node.consecutive_failures += 1
+        grounded = node.consecutive_failures >= self.config["breaker_threshold"]
+        if grounded:
+            node.grounded_until = ts + self.config["breaker_cooldown_s"]
+            node.probation = False
+        serving = sum(1 for n in self._nodes.values() if cyc.profile in n.profiles)
+        limit = max(1, min(self.config["fail_nodes"], serving))
+        blocked: list[str] = []
+        if len(job.failed_nodes) >= limit:
+            cyc.set_state(job, FAILED)
+            blocked = self._block_dependents(cyc, job)
+        else:
+            cyc.set_state(job, READY)
+        return {"ok": True, "state": job.state, "blocked": blocked, "node_grounded": grounded,
+                "grounded_until": node.grounded_until}, True
+
+    @staticmethod
+    def _block_dependents(cyc: Cycle, failed: Job) -> list[str]:
+        """Mark every transitive dependent of ``failed`` blocked by it; returns them sorted."""
+        seen: set[str] = set()
+        stack = list(failed.dependents)
+        while stack:
+            cpv = stack.pop()
+            if cpv in seen:
+                continue
+            seen.add(cpv)
+            job = cyc.jobs[cpv]
+            if failed.cpv not in job.blocked_by:
+                job.blocked_by = sorted([*job.blocked_by, failed.cpv])
+            if job.state != BLOCKED:
+                cyc.set_state(job, BLOCKED)
+            stack.extend(job.dependents)
+        return sorted(seen)
+
+    def _op_artifact_stored(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """A node now holds a copy of an artifact (replication bookkeeping)."""
+        node_id = f.text("node_id")
+        sha = f.text("sha256")
+        if node_id not in self._nodes:
+            raise _Bad(f"artifact_stored: node {node_id} is not registered")
+        arts = self._by_sha.get(sha)
+        if not arts:
+            raise _Bad(f"artifact_stored: no artifact has sha256 {sha}")
+        updated = 0
+        for art in arts:
+            if node_id not in art.holders:
+                art.holders = sorted([*art.holders, node_id])
+                updated += 1
+        return {"ok": True, "updated": updated}, updated > 0
+
+    def _op_expire(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Requeue jobs whose lease ran out; grounded nodes whose time is up go on probation."""
+        expired: list[list[Any]] = []
+        for fence in sorted(self.leases):
+            lease = self.leases[fence]
+            if lease.expires_at >= ts:
+                continue
+            del self.leases[fence]
+            cyc = self.cycles.get(lease.cycle_id)
+            job = cyc.jobs.get(lease.cpv) if cyc else None
+            if cyc is not None and job is not None and job.lease == fence:
+                job.lease = None
+                job.attempts += 1
+                cyc.set_state(job, READY)
+            expired.append([lease.cycle_id, lease.cpv, lease.node_id, fence])
+        probation = []
+        for node in self.nodes():
+            if node.grounded_until is not None and node.grounded_until <= ts:
+                node.grounded_until, node.probation = None, True
+                probation.append(node.node_id)
+        if expired:
+            self._count("expired_leases", len(expired))
+        return ({"ok": True, "expired": expired, "count": len(expired), "probation": probation},
+                bool(expired or probation))
+
+    def _op_reset(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Retry a profile's current cycle: requeue in-flight, clear failures, keep built."""
+        profile = f.text("profile", default=None)
+        if profile is not None and profile not in {c.profile for c in self.cycles.values()} \
+                and not any(profile in n.profiles for n in self._nodes.values()):
+            raise _Bad(f"reset: unknown profile {profile}")
+        counts = {"requeued": 0, "unfailed": 0, "unblocked": 0, "breakers_cleared": 0}
+        profiles = [profile] if profile is not None else sorted(
+            {self.cycles[c].profile for c in self.cycle_order})
+        for prof in profiles:
+            cyc = self.latest_cycle(prof)
+            if cyc is None or cyc.closed:
+                continue
+            for cpv in sorted(cyc.jobs):
+                job = cyc.jobs[cpv]
+                if job.state == LEASED:
+                    if job.lease is not None:
+                        self.leases.pop(job.lease, None)
+                    job.lease = None
+                    counts["requeued"] += 1
+                elif job.state in (FAILED, BLOCKED):
+                    counts["unfailed" if job.state == FAILED else "unblocked"] += 1
+                    job.failed_nodes, job.blocked_by, job.error = [], [], ""
+                else:
+                    continue
+                cyc.set_state(job, PLANNED)
+            for cpv in cyc.cpvs_in(PLANNED):
+                job = cyc.jobs[cpv]
+                if all(cyc.jobs[d].state == BUILT for d in job.deps):
+                    cyc.set_state(job, READY)
+        for node in self.nodes():
+            if profile is not None and profile not in node.profiles:
+                continue
+            if node.consecutive_failures or node.grounded_until is not None or node.probation:
+                node.consecutive_failures, node.grounded_until, node.probation = 0, None, False
+                counts["breakers_cleared"] += 1
+        return {"ok": True, **counts}, any(counts.values())
+
+    def _op_configure(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Change policy knobs; a smaller keep_releases prunes at once."""
+        new = {
+            "breaker_threshold": f.integer("breaker_threshold", minimum=1, default=None),
+            "breaker_cooldown_s": f.number("breaker_cooldown_s", minimum=0.0, default=None),
+            "fail_nodes": f.integer("fail_nodes", minimum=1, default=None),
+            "keep_releases": f.integer("keep_releases", minimum=1, default=None),
+        }
+        changed = False
+        for key, value in new.items():
+            if value is not None and self.config[key] != value:
+                self.config[key] = value
+                changed = True
+        pruned: list[str] = []
+        if new["keep_releases"] is not None:  # takes effect now, not at the next finalize
+            for profile in sorted({r.profile for r in self._releases.values()}):
+                pruned += self._prune_releases(profile)
+                self._prune_cycles(profile)
+        return {"ok": True, "config": dict(self.config), "pruned": sorted(pruned)}, changed
+
+    def _op_finalize(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Publish the latest cycle as a release and point production at it."""
+        release_id = f.text("release_id")
+        profile = f.text("profile")
+        force = f.flag("force", default=False)
+        if release_id in self._releases:
+            raise _Bad(f"finalize: release {release_id} already exists; use a new release id")
+        cyc = self.latest_cycle(profile)
+        if cyc is None:
+            raise _Bad(f"finalize: profile {profile} has no cycle to finalize")
+        if cyc.closed:
+            raise _Bad(f"finalize: cycle {cyc.id} was already finalized as {cyc.release_id}")
+        if cyc.unfinished:
+            raise _Bad(f"finalize: cycle {cyc.id} still has {cyc.unfinished} jobs to build")
+        if (cyc.failed or cyc.blocked) and not force:
+            raise _Bad(f"finalize: cycle {cyc.id} has {cyc.failed} failed and {cyc.blocked} "
+                       "blocked jobs; fix them (`swarmnode reset`) or finalize with force")
+        packages = {cpv: art.copy() for cpv, art in cyc.reused.items()}
+        for cpv in cyc.cpvs_in(BUILT):
+            art = cyc.jobs[cpv].artifact
+            if art is not None:
+                packages[cpv] = art.copy()
+        rel = Release(id=release_id, profile=profile, cycle_id=cyc.id, created_ts=ts,
+                      packages=packages)
+        self._releases[release_id] = rel
+        self.release_order.append(release_id)
+        for art in packages.values():
+            self._by_sha.setdefault(art.sha256, []).append(art)
+        cyc.closed, cyc.release_id = True, release_id
+        prod = self._point(profile, release_id, ts)
+        pruned = self._prune_releases(profile)
+        pruned_cycles = self._prune_cycles(profile)
+        return {"ok": True, "release_id": release_id, "cycle_id": cyc.id,
+                "packages": len(packages), "timestamp": prod.timestamp, "pruned": pruned,
+                "pruned_cycles": pruned_cycles, "forced": bool(cyc.failed or cyc.blocked)}, True
+
+    def _point(self, profile: str, release_id: str, ts: float) -> Production:
+        """Move production to ``release_id`` with a TIMESTAMP greater than any before it."""
+        prev = self.productions.get(profile)
+        stamp = max(int(ts), prev.timestamp + 1 if prev else 0)
+        prod = self.productions[profile] = Production(release_id=release_id, timestamp=stamp)
+        return prod
+
+    def _op_rollback(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+        """Point production at an older (or any named) release with a new timestamp."""
+        profile = f.text("profile")
+        release_id = f.text("release_id", default=None)
+        prod = self.productions.get(profile)
+        if release_id is None:
+            if prod is None:
+                raise _Bad(f"rollback: profile {profile} has no production release")
+            older = [r.id for r in self.releases(profile)]
+            older = older[older.index(prod.release_id) + 1:]
+            if not older:
+                raise _Bad(f"rollback: no release of {profile} older than {prod.release_id}")
+            release_id = older[0]
+        rel = self._releases.get(release_id)
+        if rel is None:
+            raise _Bad(f"rollback: unknown release {release_id}")
+        if rel.profile != profile:
+            raise _Bad(f"rollback: release {release_id} belongs to {rel.profile}, not {profile}")
+        previous = prod.release_id if prod else None
+        new = self._point(profile, release_id, ts)
+        return {"ok": True, "release_id": release_id, "previous": previous,
+                "timestamp": new.timestamp}, True
+
+    # ------------------------------------------------------------------ pruning
+
+    def _prune_releases(self, profile: str) -> list[str]:
+        prod = self.productions.get(profile)
+        mine = [r.id for r in self.releases(profile)]
+        keep = set(mine[: self.config["keep_releases"]])
+        if prod is not None:
+            keep.add(prod.release_id)
+        pruned = [r for r in mine if r not in keep]
+        if pruned:
+            for rid in pruned:
+                del self._releases[rid]
+            self.release_order = [r for r in self.release_order if r in self._releases]
+            self._reindex_artifacts()
+        return sorted(pruned)
+
+    def _prune_cycles(self, profile: str) -> list[str]:
+        """Keep the newest ``keep_releases`` cycles of a profile (older ones are finished)."""
+        mine = self._cycles_of(profile)
+        pruned = [c.id for c in mine[self.config["keep_releases"]:] if c.finished]
+        if pruned:
+            for cid in pruned:
+                del self.cycles[cid]
+                self._crit.pop(cid, None)
+            self.cycle_order = [c for c in self.cycle_order if c in self.cycles]
+            self._reindex_artifacts()
+        return sorted(pruned)
+
+    def _reindex_artifacts(self) -> None:
+        index: dict[str, list[Artifact]] = {}
+        for cid in self.cycle_order:
+            cyc = self.cycles[cid]
+            for cpv in sorted(cyc.reused):
+                index.setdefault(cyc.reused[cpv].sha256, []).append(cyc.reused[cpv])
+            for cpv in sorted(cyc.jobs):
+                art = cyc.jobs[cpv].artifact
+                if art is not None:
+                    index.setdefault(art.sha256, []).append(art)
+        for rid in self.release_order:
+            rel = self._releases[rid]
+            for cpv in sorted(rel.packages):
+                index.setdefault(rel.packages[cpv].sha256, []).append(rel.packages[cpv])
+        self._by_sha = index
+
+
+_HANDLERS: dict[str, Callable[[SwarmState, _Fields, float], tuple[Result, bool]]] = {
+    "register_node": SwarmState._op_register_node,
+    "start_cycle": SwarmState._op_start_cycle,
+    "claim": SwarmState._op_claim,
+    "heartbeat": SwarmState._op_heartbeat,
+    "complete": SwarmState._op_complete,
+    "artifact_stored": SwarmState._op_artifact_stored,
+    "expire": SwarmState._op_expire,
+    "reset": SwarmState._op_reset,
+    "configure": SwarmState._op_configure,
+    "finalize": SwarmState._op_finalize,
+    "rollback": SwarmState._op_rollback,
+}

@@ -1,0 +1,72 @@
+"""Config loading: the example config is valid, and every mistake is one clear error."""
+
+from pathlib import Path
+
+import pytest
+
+from swarmnode.config import load_config
+from swarmnode.errors import UserError
+
+PROJECT = Path(__file__).resolve().parent.parent
+SECRET = "s" * 32
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(body)
+    return cfg
+
+
+def profile_table(name: str = "desktop") -> str:
+    example = PROJECT / "config"
+    return f"""
+[profiles.{name}]
+repositories = ["{example / 'example/repo'}"]
+portage_profile = "swarm/amd64"
+portage_config = "{example / 'profiles/desktop'}"
+distfiles = "{example / 'example/distfiles'}"
+"""
+
+
+def test_example_config_loads_with_relative_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWARMNODE_SECRET", SECRET)
+    cfg = load_config(PROJECT / "config/swarmnode.toml")
+    assert set(cfg.profiles) == {"desktop", "server"}
+    desktop = cfg.profile("desktop")
+    assert desktop.main_repository == PROJECT / "config/example/repo"
+    assert desktop.world, "the world file of the profile is read"
+    assert cfg.build.lease_ttl_s <= 10
+    assert cfg.profile(None).name == "desktop"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[node]\nlisten = 'nope'\n", "node.listen must be HOST:PORT"),
+    ("[cluster]\nsecret = 'short'\n", "at least 16 characters"),
+    (f"[cluster]\nsecret = '{SECRET}'\n", "at least one [profiles.NAME]"),
+    (f"[cluster]\nsecret = '{SECRET}'\n[build]\nlease_ttl_s = 'x'\n" + profile_table(),
+     "build.lease_ttl_s must be a float"),
+    (f"[cluster]\nsecret = '{SECRET}'\n[profiles.x]\nrepositories = ['/nonexistent']\n",
+     "is not an ebuild repository"),
+    (f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace("swarm/amd64", "../../etc"),
+     "portage_profile must name a profile"),
+    ("this is = = not toml", "not valid TOML"),
+])
+def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWARMNODE_SECRET", raising=False)
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, body))
+    assert message in err.value.message
+
+
+def test_unknown_profile_names_the_known_ones(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, f"[cluster]\nsecret = '{SECRET}'\n" + profile_table()))
+    with pytest.raises(UserError) as err:
+        cfg.profile("nosuch")
+    assert err.value.status == 404 and "desktop" in err.value.message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")

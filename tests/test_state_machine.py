@@ -1,0 +1,683 @@
+"""SwarmState: the commands every node relies on, determinism, and invariants under random use."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from typing import Any
+
+import pytest
+
+from swarmnode.state import (BLOCKED, BUILT, FAILED, LEASED, PLANNED, READY, SwarmState)
+
+P = "desktop"
+
+
+class Swarm:
+    """Drives one SwarmState with unique rids and a settable clock."""
+
+    def __init__(self, state: SwarmState | None = None) -> None:
+        self.s = state or SwarmState()
+        self.n = 0
+        self.ts = 1000.0
+        self.log: list[dict[str, Any]] = []
+
+    def do(self, op: str, rid: str | None = None, ts: float | None = None, **fields: Any) -> dict:
+        self.n += 1
+        cmd = {"op": op, "rid": rid or f"{op}-{self.n}", "ts": self.ts if ts is None else ts,
+               **fields}
+        self.log.append(cmd)
+        return self.s.apply(cmd)
+
+    def ok(self, op: str, **kw: Any) -> dict:
+        res = self.do(op, **kw)
+        assert res["ok"], res
+        return res
+
+    def node(self, node_id: str, cores: int = 4, profiles: tuple[str, ...] = (P,),
+             tree_versions: dict[str, str] | None = None) -> dict:
+        return self.ok("register_node", node_id=node_id, url=f"http://{node_id}:7000",
+                       cores=cores, profiles=list(profiles), sweeper=False,
+                       tree_versions=tree_versions or {})
+
+    def cycle(self, cycle_id: str, jobs: dict[str, list[str]], profile: str = P,
+              reused: list[dict] | None = None, tree_version: str = "") -> dict:
+        return self.do("start_cycle", cycle_id=cycle_id, profile=profile,
+                       tree_version=tree_version, targets=sorted(jobs)[-1:],
+                       jobs=[{"cpv": c, "slot": "0", "subslot": "", "use": [], "repo": "gentoo",
+                              "deps": d, "reason": "test"} for c, d in jobs.items()],
+                       reused=reused or [])
+
+    def claim(self, node_id: str, free: int = 4, ttl: float = 60.0) -> dict:
+        return self.ok("claim", node_id=node_id, free_cores=free, lease_ttl_s=ttl)
+
+    def finish(self, node_id: str, claim: dict, success: bool = True, duration: float = 10.0,
+               **kw: Any) -> dict:
+        job, lease = claim["job"], claim["lease"]
+        return self.do("complete", node_id=node_id, fence=lease["fence"], cycle_id=job["cycle_id"],
+                       cpv=job["cpv"], success=success, duration_s=duration,
+                       log_sha256="log-" + job["cpv"].replace("/", "_"),
+                       artifact={"sha256": "sha-" + job["cpv"], "size": 100} if success else None,
+                       error="" if success else "compile error", **kw)
+
+    def build(self, node_id: str) -> dict:
+        """Claim and successfully build the next job on ``node_id``; returns the claim."""
+        claim = self.claim(node_id)
+        assert claim["job"] is not None, claim
+        assert self.finish(node_id, claim)["ok"]
+        return claim
+
+    def job(self, cpv: str, profile: str = P):
+        return self.s.find_job(profile, cpv)
+
+
+def reused_art(cpv: str, build_id: int = 3) -> dict:
+    return {"cpv": cpv, "sha256": "old-" + cpv, "size": 7, "build_id": build_id, "slot": "0",
+            "subslot": "", "use": [], "repo": "gentoo"}
+
+
+CHAIN = {"a/x-1": [], "a/y-1": ["a/x-1"], "a/z-1": ["a/y-1"]}
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def test_full_lifecycle_through_finalize() -> None:
+    w = Swarm()
+    w.node("n1")
+    res = w.cycle("c1", CHAIN, reused=[reused_art("b/keep-1")])
+    assert res["ok"] and res["ready"] == 1
+    assert [j.state for j in (w.job("a/x-1"), w.job("a/y-1"))] == [READY, PLANNED]
+    for cpv in ("a/x-1", "a/y-1", "a/z-1"):
+        claim = w.claim("n1")
+        assert claim["job"]["cpv"] == cpv and claim["job"]["profile"] == P
+        w.ts += 5
+        assert w.ok("heartbeat", node_id="n1", fence=claim["lease"]["fence"],
+                    lease_ttl_s=60)["lease"]["expires_at"] == w.ts + 60
+        done = w.finish("n1", claim)
+        assert done["ok"] and done["build_id"] == 1
+    cyc = w.s.cycle("c1")
+    assert cyc.finished and cyc.built == 3 and not w.s.active_cycles()
+    fin = w.ok("finalize", release_id="r1", profile=P, force=False)
+    rel = w.s.release("r1")
+    assert sorted(rel.packages) == ["a/x-1", "a/y-1", "a/z-1", "b/keep-1"]
+    assert rel.packages["b/keep-1"].build_id == 3
+    assert rel.packages["a/x-1"].holders == ["n1"]
+    assert w.s.production(P).release_id == "r1"
+    assert w.s.production(P).timestamp == fin["timestamp"] == int(w.ts)
+    assert w.s.cycle("c1").closed and w.s.cycle("c1").release_id == "r1"
+    summary = json.loads(json.dumps(w.s.summary()))
+    assert summary["profiles"][P]["production"]["release_id"] == "r1"
+    assert pickle.loads(pickle.dumps(w.s)).digest() == w.s.digest()  # Raft may pickle it
+    # the next cycle of the same package gets the next build id, and so does a reused cpv
+    w.ok("start_cycle", cycle_id="c2", profile=P, tree_version="", targets=[],
+         jobs=[{"cpv": "a/x-1"}, {"cpv": "b/keep-1"}], reused=[])
+    ids = {c["job"]["cpv"]: w.finish("n1", c)["build_id"] for c in (w.claim("n1"), w.claim("n1"))}
+    assert ids == {"a/x-1": 2, "b/keep-1": 4}
+
+
+def test_empty_cycle_is_complete_and_finalizes() -> None:
+    w = Swarm()
+    res = w.cycle("c1", {}, reused=[reused_art("b/keep-1")])
+    assert res["ok"] and res["complete"]
+    assert w.ok("finalize", release_id="r1", profile=P)["packages"] == 1
+
+
+def test_start_cycle_refusals() -> None:
+    w = Swarm()
+    w.node("n1")
+    assert "not a job of this cycle" in w.cycle("c0", {"a/x-1": ["a/nope-1"]})["error"]
+    assert "dependency cycle among a/x-1, a/y-1" in w.cycle(
+        "c0", {"a/x-1": ["a/y-1"], "a/y-1": ["a/x-1"]})["error"]
+    assert "listed twice" in w.do("start_cycle", cycle_id="c0", profile=P,
+                                  jobs=[{"cpv": "a/x-1"}, {"cpv": "a/x-1"}])["error"]
+    assert w.cycle("c1", CHAIN)["ok"]
+    err = w.cycle("c2", {"a/q-1": []})["error"]
+    assert err == ("start_cycle: cycle c1 for desktop is still running; wait, or "
+                   "`swarmnode reset`")
+    assert w.cycle("o1", {"a/q-1": []}, profile="server")["ok"]  # other profiles are independent
+    assert "already exists" in w.cycle("c1", {}, profile="other")["error"]
+
+
+# ---------------------------------------------------------------------------- idempotency
+
+
+def _idempotency_scenarios() -> list[tuple[str, Any]]:
+    """(op, setup) pairs: setup(w) prepares a state and returns the command fields."""
+
+    def base(w: Swarm) -> dict:
+        w.node("n1")
+        w.node("n2")
+        w.cycle("c1", CHAIN)
+        return {}
+
+    def leased(w: Swarm) -> dict:
+        base(w)
+        return w.claim("n1")
+
+    def built_cycle(w: Swarm) -> None:
+        w.node("n1")
+        w.cycle("c1", {"a/x-1": []})
+        w.build("n1")
+
+    def released(w: Swarm) -> None:
+        built_cycle(w)
+        w.ok("finalize", release_id="r1", profile=P)
+        w.cycle("c2", {"a/x-2": []})
+        w.build("n1")
+        w.ok("finalize", release_id="r2", profile=P)
+
+    def complete(w: Swarm) -> dict:
+        c = leased(w)
+        return {"node_id": "n1", "fence": c["lease"]["fence"], "cycle_id": "c1", "cpv": "a/x-1",
+                "success": True, "duration_s": 3.0, "log_sha256": "l",
+                "artifact": {"sha256": "s", "size": 1}, "error": ""}
+
+    def failed_complete(w: Swarm) -> dict:
+        return {**complete(w), "success": False, "artifact": None, "error": "boom"}
+
+    def stale_complete(w: Swarm) -> dict:
+        fields = complete(w)
+        w.ok("expire", ts=w.ts + 1000)
+        return fields
+
+    def expire(w: Swarm) -> dict:
+        leased(w)
+        w.ts += 1000
+        return {}
+
+    def reset(w: Swarm) -> dict:
+        leased(w)
+        return {"profile": P}
+
+    def artifact_stored(w: Swarm) -> dict:
+        built_cycle(w)
+        w.node("n2")
+        return {"node_id": "n2", "sha256": "sha-a/x-1"}
+
+    return [
+        ("register_node", lambda w: {"node_id": "n9", "url": "u", "cores": 2, "profiles": [P],
+                                     "sweeper": True, "tree_versions": {}}),
+        ("start_cycle", lambda w: {"cycle_id": "c9", "profile": P, "tree_version": "t",
+                                   "targets": [], "jobs": [{"cpv": "a/x-1"}], "reused": []}),
+        ("claim", lambda w: (base(w), {"node_id": "n1", "free_cores": 4,
+                                       "lease_ttl_s": 30.0})[1]),
+        ("heartbeat", lambda w: (lambda c: {"node_id": "n1", "fence": c["lease"]["fence"],
+                                            "lease_ttl_s": 90.0})(leased(w))),
+        ("complete", complete),
+        ("complete", failed_complete),
+        ("complete", stale_complete),
+        ("artifact_stored", artifact_stored),
+        ("expire", expire),
+        ("reset", reset),
+        ("configure", lambda w: {"breaker_threshold": 2, "keep_releases": 3}),
+        ("finalize", lambda w: (built_cycle(w), {"release_id": "r1", "profile": P,
+                                                 "force": False})[1]),
+        ("rollback", lambda w: (released(w), {"profile": P})[1]),
+    ]
+
+
+@pytest.mark.parametrize("op,setup", _idempotency_scenarios(),
+                         ids=[f"{op}-{i}" for i, (op, _) in enumerate(_idempotency_scenarios())])
+def test_every_op_is_idempotent_on_rid(op: str, setup: Any) -> None:
+    w = Swarm()
+    fields = setup(w)
+    before = w.s.digest()
+    first = w.do(op, rid="retry-me", **fields)
+    assert w.s.digest() != before, f"{op} should have changed the state: {first}"
+    after = w.s.digest()
+    w.ts += 1  # a retry arrives later, possibly with a different clock
+    again = w.do(op, rid="retry-me", **fields)
+    assert again == first
+    assert w.s.digest() == after
+
+
+def test_results_are_copies() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.cycle("c1", CHAIN)
+    claim = w.do("claim", rid="x", node_id="n1", free_cores=4, lease_ttl_s=60)
+    claim["job"]["deps"].append("junk")
+    claim["lease"]["expires_at"] = 0
+    assert w.do("claim", rid="x", node_id="n1", free_cores=4, lease_ttl_s=60)["lease"][
+        "expires_at"] == w.ts + 60
+    assert w.s.lease(claim["lease"]["fence"]).expires_at == w.ts + 60
+
+
+# ---------------------------------------------------------------------------- determinism
+
+
+def _scripted(w: Swarm) -> None:
+    for n in ("n1", "n2", "n3"):
+        w.node(n, cores=8)
+    w.cycle("c1", {"a/x-1": [], "a/y-1": ["a/x-1"], "b/q-1": [], "b/r-1": ["b/q-1", "a/x-1"]})
+    c1, c2 = w.claim("n1"), w.claim("n2")
+    w.ts += 10
+    w.finish("n1", c1, duration=42.0)
+    w.finish("n2", c2, success=False)
+
+
+def test_same_commands_give_same_digest() -> None:
+    a, b = Swarm(), Swarm()
+    _scripted(a)
+    for cmd in a.log:
+        b.s.apply(dict(cmd))
+    assert a.s.digest() == b.s.digest()
+    assert a.s.to_bytes() == b.s.to_bytes()
+
+
+def test_round_trip_mid_cycle_keeps_digest_and_behaviour() -> None:
+    w = Swarm()
+    _scripted(w)
+    clone = Swarm(SwarmState.from_bytes(w.s.to_bytes()))
+    clone.n, clone.ts = w.n, w.ts
+    assert clone.s.digest() == w.s.digest()
+    for sw in (w, clone):
+        sw.results = [sw.claim("n3"), sw.claim("n1"), sw.do("expire", ts=sw.ts + 500),
+                      sw.claim("n2", free=1)]
+        sw.results.append(sw.finish("n2", sw.results[-1], duration=7.0))
+    assert clone.results == w.results
+    assert clone.s.digest() == w.s.digest()
+
+
+# ---------------------------------------------------------------------------- leases
+
+
+def test_no_two_live_leases_on_one_job() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.cycle("c1", {"a/x-1": []})
+    first = w.claim("n1")
+    assert first["job"]["cpv"] == "a/x-1"
+    second = w.claim("n2")
+    assert second["job"] is None and "nothing ready" in second["reason"]
+    assert len(w.s.leases) == 1 and w.job("a/x-1").state == LEASED
+
+
+def test_stale_completion_after_expiry_is_rejected_and_counted() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.cycle("c1", {"a/x-1": []})
+    old = w.claim("n1", ttl=30)
+    assert not w.s.needs_maintenance(w.ts + 30) and w.s.needs_maintenance(w.ts + 31)
+    exp = w.ok("expire", ts=w.ts + 31)
+    assert not w.s.needs_maintenance(w.ts + 31)
+    assert exp["count"] == 1 and exp["expired"] == [["c1", "a/x-1", "n1", old["lease"]["fence"]]]
+    assert w.job("a/x-1").state == READY and w.job("a/x-1").attempts == 1
+    lost = w.do("heartbeat", node_id="n1", fence=old["lease"]["fence"], lease_ttl_s=30)
+    assert lost["ok"] is False and lost["lost"] is True
+    w.ts += 40
+    new = w.claim("n2")
+    assert new["lease"]["fence"] > old["lease"]["fence"]
+    stale = w.finish("n1", old)
+    assert stale == {"ok": False, "stale": True, "error": stale["error"]}
+    assert w.s.counters["stale_completions"] == 1
+    job = w.job("a/x-1")
+    assert job.state == LEASED and job.lease == new["lease"]["fence"] and job.artifact is None
+    assert job.log_node is None
+    assert w.finish("n2", new)["ok"]
+    # a completion for a lease that timed out but was not yet swept is stale too
+    w.ok("start_cycle", cycle_id="c2", profile=P, jobs=[{"cpv": "a/y-1"}])
+    late = w.claim("n1", ttl=10)
+    w.ts += 11
+    assert w.finish("n1", late)["stale"] is True
+    assert w.s.counters["stale_completions"] == 2
+
+
+def test_heartbeat_from_another_node_does_not_extend() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.cycle("c1", {"a/x-1": []})
+    claim = w.claim("n1", ttl=30)
+    res = w.do("heartbeat", node_id="n2", fence=claim["lease"]["fence"], lease_ttl_s=300)
+    assert res["lost"] is True
+    assert w.s.lease(claim["lease"]["fence"]).expires_at == w.ts + 30
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def test_failure_moves_to_another_node_then_fails_and_blocks_transitively() -> None:
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.node(n)
+    w.cycle("c1", {"a/x-1": [], "a/y-1": ["a/x-1"], "a/z-1": ["a/y-1"], "a/w-1": ["a/x-1"],
+                   "b/ok-1": []})
+    c = w.claim("n1")
+    assert c["job"]["cpv"] == "a/x-1"  # head of the longest chain
+    res = w.finish("n1", c, success=False)
+    assert res["state"] == READY
+    job = w.job("a/x-1")
+    assert job.failed_nodes == ["n1"] and job.log_node == "n1" and job.log_sha256
+    assert job.error == "compile error"
+    again = w.claim("n1")
+    assert again["job"]["cpv"] == "b/ok-1"  # n1 never gets a job it failed
+    other = w.claim("n2")
+    assert other["job"]["cpv"] == "a/x-1"
+    res = w.finish("n2", other, success=False)
+    assert res["state"] == FAILED and res["blocked"] == ["a/w-1", "a/y-1", "a/z-1"]
+    for cpv in ("a/y-1", "a/z-1", "a/w-1"):
+        assert w.job(cpv).state == BLOCKED and w.job(cpv).blocked_by == ["a/x-1"]
+    assert w.job("a/x-1").failed_nodes == ["n1", "n2"]
+    assert w.finish("n1", again)["ok"]
+    assert w.s.cycle("c1").finished and not w.s.active_cycles()
+    assert w.claim("n3")["job"] is None
+
+
+def test_single_serving_node_fails_job_after_one_failure() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("other", profiles=("server",))
+    w.cycle("c1", {"a/x-1": [], "a/y-1": ["a/x-1"]})
+    res = w.finish("n1", w.claim("n1"), success=False)
+    assert res["state"] == FAILED and res["blocked"] == ["a/y-1"]
+
+
+def test_circuit_breaker_grounds_then_probation_allows_one_job() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.ok("configure", breaker_threshold=2, breaker_cooldown_s=100.0, fail_nodes=3)
+    w.cycle("c1", {f"a/p{i}-1": [] for i in range(6)})
+    assert w.finish("n1", w.claim("n1"), success=False)["node_grounded"] is False
+    res = w.finish("n1", w.claim("n1"), success=False)
+    assert res["node_grounded"] is True and res["grounded_until"] == w.ts + 100
+    assert "grounded until" in w.claim("n1")["reason"]
+    w.ts += 99
+    assert w.claim("n1")["job"] is None
+    w.ts += 1  # grounded_until <= ts: probation, exactly one job
+    probe = w.claim("n1")
+    assert probe["job"] is not None
+    assert "probation" in w.claim("n1")["reason"]
+    assert w.s.node("n1").breaker(w.ts) == "probation"
+    # failing on probation grounds it again at once
+    assert w.finish("n1", probe, success=False)["node_grounded"] is True
+    w.ts += 100
+    assert w.s.needs_maintenance(w.ts)
+    assert w.ok("expire")["probation"] == ["n1"]
+    probe = w.claim("n1")
+    assert w.finish("n1", probe)["ok"]
+    node = w.s.node("n1")
+    assert node.breaker(w.ts) == "ok" and node.consecutive_failures == 0
+    assert w.claim("n1")["job"] is not None and w.claim("n1")["job"] is not None
+
+
+def test_reset_keeps_built_and_clears_failures() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.ok("configure", breaker_threshold=1)
+    w.cycle("c1", {"a/x-1": [], "a/y-1": ["a/x-1"], "a/z-1": ["a/y-1"], "b/b-1": []})
+    w.build("n1")                                  # a/x-1 built
+    inflight = w.claim("n1")                       # a/y-1 leased
+    assert inflight["job"]["cpv"] == "a/y-1"
+    w.ts += 1
+    bad = w.claim("n1")                            # b/b-1 leased, then fails
+    w.finish("n1", bad, success=False)
+    assert w.job("b/b-1").state == FAILED and w.s.node("n1").breaker(w.ts) == "grounded"
+    res = w.ok("reset", profile=P)
+    assert res["requeued"] == 1 and res["unfailed"] == 1 and res["breakers_cleared"] == 1
+    states = {c: w.job(c).state for c in ("a/x-1", "a/y-1", "a/z-1", "b/b-1")}
+    assert states == {"a/x-1": BUILT, "a/y-1": READY, "a/z-1": PLANNED, "b/b-1": READY}
+    assert w.job("b/b-1").failed_nodes == [] and w.job("a/x-1").artifact.build_id == 1
+    assert w.s.leases == {}
+    assert w.finish("n1", inflight)["stale"] is True   # the old builder must stop
+    assert w.s.node("n1").breaker(w.ts) == "ok"
+
+
+# ---------------------------------------------------------------------------- placement
+
+
+def test_tree_version_and_profile_gate_claims() -> None:
+    w = Swarm()
+    w.node("old", tree_versions={P: "t1"})
+    w.node("srv", profiles=("server",))
+    w.node("new", tree_versions={P: "t2"})
+    w.cycle("c1", {"a/x-1": []}, tree_version="t2")
+    assert "can take" in w.claim("old")["reason"]
+    assert w.claim("srv")["job"] is None
+    assert w.claim("new")["job"]["cpv"] == "a/x-1"
+
+
+def test_artifact_stored_adds_holder_everywhere() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.cycle("c1", {"a/x-1": []})
+    w.build("n1")
+    w.ok("finalize", release_id="r1", profile=P)
+    res = w.ok("artifact_stored", node_id="n2", sha256="sha-a/x-1")
+    assert res["updated"] == 2
+    assert w.job("a/x-1").artifact.holders == ["n1", "n2"]
+    assert w.s.release("r1").packages["a/x-1"].holders == ["n1", "n2"]
+    clone = SwarmState.from_bytes(w.s.to_bytes())
+    assert clone.release("r1").packages["a/x-1"].holders == ["n1", "n2"]
+    assert "no artifact" in w.do("artifact_stored", node_id="n2", sha256="nope")["error"]
+
+
+# ---------------------------------------------------------------------------- releases
+
+
+def test_finalize_refusals_and_force() -> None:
+    w = Swarm()
+    w.node("n1")
+    assert "no cycle" in w.do("finalize", release_id="r1", profile=P)["error"]
+    w.cycle("c1", {"a/x-1": [], "a/y-1": ["a/x-1"], "b/b-1": []})
+    err = w.do("finalize", release_id="r1", profile=P)["error"]
+    assert err == "finalize: cycle c1 still has 3 jobs to build"
+    w.finish("n1", w.claim("n1"), success=False)    # a/x-1 fails, a/y-1 blocked
+    w.build("n1")                                   # b/b-1
+    err = w.do("finalize", release_id="r1", profile=P, force=False)["error"]
+    assert "1 failed and 1 blocked" in err
+    res = w.ok("finalize", release_id="r1", profile=P, force=True)
+    assert res["forced"] and sorted(w.s.release("r1").packages) == ["b/b-1"]
+    assert "already finalized" in w.do("finalize", release_id="r2", profile=P,
+                                       force=True)["error"]
+    assert "already exists" in w.do("finalize", release_id="r1", profile=P)["error"]
+
+
+def _release(w: Swarm, n: int) -> dict:
+    w.cycle(f"c{n}", {f"a/x-{n}": []})
+    w.build("n1")
+    return w.ok("finalize", release_id=f"r{n}", profile=P)
+
+
+def test_timestamps_only_grow_across_finalize_and_rollbacks() -> None:
+    w = Swarm()
+    w.node("n1")
+    stamps = [_release(w, n)["timestamp"] for n in (1, 2, 3)]  # all at the same ts
+    assert stamps == [1000, 1001, 1002]
+    back = w.ok("rollback", profile=P)
+    assert back["release_id"] == "r2" and back["previous"] == "r3"
+    back2 = w.ok("rollback", profile=P)
+    assert back2["release_id"] == "r1" and back2["timestamp"] > back["timestamp"] > stamps[-1]
+    assert "no release of desktop older than r1" in w.do("rollback", profile=P)["error"]
+    fwd = w.ok("rollback", profile=P, release_id="r3", ts=5000.0)
+    assert fwd["timestamp"] == 5000 and w.s.production(P).release_id == "r3"
+    assert "unknown release" in w.do("rollback", profile=P, release_id="zz")["error"]
+    w.ok("start_cycle", cycle_id="s1", profile="server", jobs=[])
+    w.ok("finalize", release_id="srv1", profile="server")
+    assert "belongs to server" in w.do("rollback", profile=P, release_id="srv1")["error"]
+
+
+def test_release_pruning_never_prunes_production() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.ok("configure", keep_releases=3)
+    for n in (1, 2, 3):
+        assert _release(w, n)["pruned"] == []
+    assert _release(w, 4)["pruned"] == ["r1"]
+    w.ok("rollback", profile=P, release_id="r2")
+    res = w.ok("configure", keep_releases=1)
+    assert res["pruned"] == ["r3"]                   # r2 survives: it is production
+    assert [r.id for r in w.s.releases(P)] == ["r4", "r2"]
+    assert _release(w, 5)["pruned"] == ["r2", "r4"]
+    assert [r.id for r in w.s.releases(P)] == ["r5"]
+    assert w.s.release("r2") is None and w.s.production(P).release_id == "r5"
+    assert [c for c in w.s.cycles] == ["c5"]  # cycles are bounded the same way
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+BAD_COMMANDS = [
+    "not a dict",
+    {"rid": "b", "ts": 1.0},
+    {"op": "explode", "rid": "b", "ts": 1.0},
+    {"op": "claim", "ts": 1.0, "node_id": "n1", "free_cores": 1, "lease_ttl_s": 5},
+    {"op": "claim", "rid": "b", "node_id": "n1", "free_cores": 1, "lease_ttl_s": 5},
+    {"op": "claim", "rid": "b", "ts": "noon", "node_id": "n1", "free_cores": 1, "lease_ttl_s": 5},
+    {"op": "claim", "rid": "b", "ts": 1.0, "node_id": "n1", "free_cores": 0, "lease_ttl_s": 5},
+    {"op": "claim", "rid": "b", "ts": 1.0, "node_id": "n1", "free_cores": True, "lease_ttl_s": 5},
+    {"op": "claim", "rid": "b", "ts": 1.0, "node_id": "n1", "free_cores": 2, "lease_ttl_s": -1},
+    {"op": "register_node", "rid": "b", "ts": 1.0, "node_id": "n", "url": "u", "cores": 0,
+     "profiles": [P]},
+    {"op": "register_node", "rid": "b", "ts": 1.0, "node_id": "n", "url": "u", "cores": 2,
+     "profiles": P},
+    {"op": "start_cycle", "rid": "b", "ts": 1.0, "cycle_id": "c", "profile": P,
+     "jobs": [{"cpv": "nocategory-1"}]},
+    {"op": "start_cycle", "rid": "b", "ts": 1.0, "cycle_id": "c", "profile": P,
+     "jobs": [{"cpv": "a/b-1", "deps": "a/c-1"}]},
+    {"op": "start_cycle", "rid": "b", "ts": 1.0, "cycle_id": "c", "profile": P, "jobs": [],
+     "reused": [{"cpv": "a/b-1", "sha256": "s", "size": 1}]},
+    {"op": "complete", "rid": "b", "ts": 1.0, "node_id": "n1", "fence": 1, "cycle_id": "c1",
+     "cpv": "a/x-1", "success": True, "duration_s": 1.0, "artifact": None},
+    {"op": "complete", "rid": "b", "ts": 1.0, "node_id": "n1", "fence": "1", "cycle_id": "c1",
+     "cpv": "a/x-1", "success": False, "duration_s": 1.0},
+    {"op": "heartbeat", "rid": "b", "ts": 1.0, "node_id": "n1", "fence": 1},
+    {"op": "configure", "rid": "b", "ts": 1.0, "fail_nodes": 0},
+    {"op": "finalize", "rid": "b", "ts": 1.0, "profile": P, "release_id": "r", "force": "yes"},
+    {"op": "rollback", "rid": "b", "ts": 1.0, "profile": P},
+    {"op": "artifact_stored", "rid": "b", "ts": 1.0, "node_id": "ghost", "sha256": "x"},
+    {"op": "reset", "rid": "b", "ts": 1.0, "profile": "nosuchprofile"},
+]
+
+
+@pytest.mark.parametrize("cmd", BAD_COMMANDS, ids=range(len(BAD_COMMANDS)))
+def test_bad_input_is_an_error_and_leaves_digest_unchanged(cmd: Any) -> None:
+    w = Swarm()
+    w.node("n1")
+    w.cycle("c1", CHAIN)
+    w.claim("n1")
+    before = w.s.digest()
+    res = w.s.apply(cmd)
+    assert res["ok"] is False and res["error"] and "internal error" not in res["error"]
+    assert "\n" not in res["error"]
+    assert w.s.digest() == before
+
+
+def test_bad_field_message_names_the_field() -> None:
+    res = SwarmState().apply({"op": "register_node", "rid": "r", "ts": 1.0, "node_id": "n",
+                              "url": "u", "cores": "many", "profiles": [P]})
+    assert res == {"ok": False,
+                   "error": "register_node: field 'cores' must be an integer ≥ 1 (got 'many')"}
+
+
+# ---------------------------------------------------------------------------- random
+
+
+def _check_invariants(s: SwarmState) -> None:
+    by_job: dict[tuple[str, str], int] = {}
+    for fence, lease in s.leases.items():
+        key = (lease.cycle_id, lease.cpv)
+        assert key not in by_job, f"two live leases on {key}"
+        by_job[key] = fence
+        job = s.cycle(lease.cycle_id).jobs[lease.cpv]
+        assert job.state == LEASED and job.lease == fence
+    seen_ids: set[tuple[str, int]] = set()
+    for cyc in s.cycles.values():
+        for cpv, job in cyc.jobs.items():
+            assert cpv in cyc.cpvs_in(job.state)
+            if job.state == LEASED:
+                assert by_job.get((cyc.id, cpv)) == job.lease
+            if job.state == READY:
+                assert all(cyc.jobs[d].state == BUILT for d in job.deps)
+            if job.state == BUILT:
+                assert job.artifact is not None and job.artifact.cpv == cpv
+                key = (cpv, job.artifact.build_id)
+                assert key not in seen_ids, f"build id reused: {key}"
+                seen_ids.add(key)
+        assert sum(cyc.counts.values()) == len(cyc.jobs)
+
+
+def _random_sequence(rng: random.Random) -> tuple[Swarm, list[dict], list[dict]]:
+    w = Swarm()
+    nodes = ["n1", "n2", "n3"][: rng.randint(1, 3)]
+    profiles = ["desktop", "server"]
+    claims: list[dict] = []
+    cycles = 0
+    results: list[dict] = []
+    for n in nodes:  # a registered fleet, so most commands have something to act on
+        results.append(w.node(n, cores=rng.randint(1, 8), profiles=tuple(profiles)))
+    for _ in range(rng.randint(20, 60)):
+        w.ts += rng.choice([0, 1, 2, 5, 20, 90])
+        roll = rng.random()
+        node = rng.choice(nodes) if rng.random() < 0.9 else "ghost"
+        if roll < 0.08:
+            res = w.do("register_node", node_id=rng.choice(nodes), url="u",
+                       cores=rng.randint(1, 8), profiles=rng.sample(profiles, rng.randint(1, 2)),
+                       sweeper=False, tree_versions={})
+        elif roll < 0.16:
+            cycles += 1
+            n = rng.randint(0, 9)
+            cpvs = [f"c/p{rng.randint(0, 9)}-1" for _ in range(n)]
+            cpvs = sorted(set(cpvs))
+            jobs = {c: [d for d in cpvs[:i] if rng.random() < 0.3] for i, c in enumerate(cpvs)}
+            res = w.cycle(f"cy{cycles}", jobs, profile=rng.choice(profiles))
+        elif roll < 0.40:
+            res = w.do("claim", node_id=node, free_cores=rng.randint(1, 8),
+                       lease_ttl_s=rng.choice([30.0, 120.0]))
+            if res.get("job"):
+                claims.append(res)
+        elif roll < 0.62 and claims:
+            c = claims.pop(rng.randrange(len(claims))) if rng.random() < 0.8 else claims[-1]
+            res = w.finish(c["lease"]["node_id"] if rng.random() < 0.85 else node, c,
+                           success=rng.random() < 0.7, duration=rng.uniform(1, 500))
+        elif roll < 0.70 and claims:
+            c = claims[-1]
+            res = w.do("heartbeat", node_id=c["lease"]["node_id"], fence=c["lease"]["fence"],
+                       lease_ttl_s=60.0)
+        elif roll < 0.78:
+            res = w.do("expire")
+        elif roll < 0.82:
+            res = w.do("reset", profile=rng.choice(profiles + [None]))
+        elif roll < 0.88:
+            res = w.do("finalize", release_id=f"rel{w.n}", profile=rng.choice(profiles),
+                       force=rng.random() < 0.5)
+        elif roll < 0.91:
+            res = w.do("rollback", profile=rng.choice(profiles))
+        elif roll < 0.94:
+            res = w.do("configure", breaker_threshold=rng.randint(1, 4),
+                       fail_nodes=rng.randint(1, 3), keep_releases=rng.randint(1, 3),
+                       breaker_cooldown_s=rng.choice([0.0, 50.0]))
+        elif roll < 0.97 and w.log:
+            old = rng.choice(w.log)       # a client retry of any earlier command
+            stored = old["rid"] in w.s.applied
+            before = w.s.digest()
+            res = w.s.apply(dict(old))
+            w.log.append(dict(old))
+            if stored:
+                assert w.s.digest() == before
+        else:
+            sha = f"sha-c/p{rng.randint(0, 9)}-1"
+            res = w.do("artifact_stored", node_id=node, sha256=sha)
+        results.append(res)
+        assert "internal error" not in str(res.get("error", "")), res
+        _check_invariants(w.s)
+    return w, w.log, results
+
+
+def test_random_command_sequences_keep_invariants() -> None:
+    rng = random.Random(20240607)
+    for _ in range(300):
+        w, log, results = _random_sequence(rng)
+        replica = SwarmState()
+        replayed = [replica.apply(dict(cmd)) for cmd in log]
+        assert replica.digest() == w.s.digest()
+        assert replayed == results
+        restored = SwarmState.from_bytes(w.s.to_bytes())
+        assert restored.digest() == w.s.digest()
+        _check_invariants(restored)
