@@ -1,0 +1,21 @@
+# Copyright 2024 swarmnode authors
+# Distributed under the terms of the MIT license
+
+EAPI=8
+
+DESCRIPTION="Fails in src_compile with a real compiler error, on purpose"
+HOMEPAGE="https://example.invalid/swarmnode"
+SRC_URI="${P}.tar.gz"
+
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+RESTRICT="mirror"
+
+src_compile() {
+	emake CC="${CC:-gcc}"
+}
+
+src_install() {
+	emake DESTDIR="${D}" PREFIX="${EPREFIX}/usr" install
+}

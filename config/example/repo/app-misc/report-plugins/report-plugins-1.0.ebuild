@@ -1,0 +1,25 @@
+# Copyright 2024 swarmnode authors
+# Distributed under the terms of the MIT license
+
+EAPI=8
+
+DESCRIPTION="Plugins for app-misc/report (pulled in by its PDEPEND)"
+HOMEPAGE="https://example.invalid/swarmnode"
+SRC_URI="${P}.tar.gz"
+
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+RESTRICT="mirror"
+
+DEPEND="dev-libs/libformat"
+RDEPEND="${DEPEND}
+	app-misc/report"
+
+src_compile() {
+	emake CC="${CC:-gcc}"
+}
+
+src_install() {
+	emake DESTDIR="${D}" PREFIX="${EPREFIX}/usr" install
+}

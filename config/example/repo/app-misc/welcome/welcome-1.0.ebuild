@@ -1,0 +1,24 @@
+# Copyright 2024 swarmnode authors
+# Distributed under the terms of the MIT license
+
+EAPI=8
+
+DESCRIPTION="Second program linked against libgreet (rebuilt on a sub-slot change)"
+HOMEPAGE="https://example.invalid/swarmnode"
+SRC_URI="${P}.tar.gz"
+
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+RESTRICT="mirror"
+
+DEPEND="dev-libs/libgreet:="
+RDEPEND="${DEPEND}"
+
+src_compile() {
+	emake CC="${CC:-gcc}"
+}
+
+src_install() {
+	emake DESTDIR="${D}" PREFIX="${EPREFIX}/usr" install
+}

@@ -1,0 +1,3 @@
+from swarmnode.cli.main import main
+
+main()

@@ -1,0 +1,175 @@
+"""The node's HTTP face: JSON REST under /api/v1/ and the binhost under /binhost/.
+
+Every input is validated before anything changes; every error is JSON `{"error": "..."}`
+with a 4xx status and one clear sentence. Mutating calls need the cluster secret as a bearer
+token. Unexpected failures are logged here and answered with a 500 that names the node log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from swarmnode.errors import UserError
+from swarmnode.node import operations as ops
+from swarmnode.node.runtime import Node
+from swarmnode.portage import signing
+
+log = logging.getLogger(__name__)
+
+NODE: web.AppKey[Node] = web.AppKey("node", Node)
+MAX_BODY = 64 * 1024  # JSON bodies are small; anything bigger is a mistake or an attack
+MAX_TARGETS = 1000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except UserError as exc:
+        return web.json_response({"error": exc.message}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason}, status=exc.status)
+    except Exception:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal error on this node; see its log (journalctl/openrc log or "
+                      "the serve command's stderr)"}, status=500)
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Mutating calls need `Authorization: Bearer <cluster secret>`."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        secret = request.app[NODE].config.cluster.secret
+        given = request.headers.get("Authorization", "")
+        token = given[7:] if given.startswith("Bearer ") else ""
+        if not hmac.compare_digest(token.encode(), secret.encode()):
+            raise UserError("missing or wrong cluster secret: pass --secret, set "
+                            "SWARMNODE_SECRET, or use --config with the cluster's config file", 401)
+    return await handler(request)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length and request.content_length > MAX_BODY:
+        raise UserError(f"request body too large (limit {MAX_BODY} bytes)", 413)
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise UserError(f"request body too large (limit {MAX_BODY} bytes)", 413)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise UserError("request body must be a JSON object")
+    return body
+
+
+def _opt_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, str) or not value or len(value) > 256):
+        raise UserError(f"'{key}' must be a non-empty string of at most 256 characters")
+    return value
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise UserError(f"'{key}' must be true or false")
+    return value
+
+
+def _query_profile(request: web.Request) -> str | None:
+    return request.query.get("profile") or None
+
+
+# -- handlers --------------------------------------------------------------------------------
+async def get_status(request: web.Request) -> web.Response:
+    return web.json_response(ops.status(request.app[NODE]))
+
+
+async def post_cycle(request: web.Request) -> web.Response:
+    body = await _body(request)
+    targets = body.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise UserError("'targets' must be a list of atoms or sets, e.g. [\"@world\"]")
+    if len(targets) > MAX_TARGETS:
+        raise UserError(f"too many targets (limit {MAX_TARGETS})")
+    result = await ops.fresh(request.app[NODE], _opt_str(body, "profile"), targets)
+    return web.json_response(result, status=201)
+
+
+async def get_cycle(request: web.Request) -> web.Response:
+    return web.json_response(ops.cycle_view(request.app[NODE], request.match_info["cycle_id"]))
+
+
+async def get_verify(request: web.Request) -> web.Response:
+    return web.json_response(ops.verify(request.app[NODE], _query_profile(request)))
+
+
+async def post_finalize(request: web.Request) -> web.Response:
+    body = await _body(request)
+    result = await ops.finalize(request.app[NODE], _opt_str(body, "profile"), _bool(body, "force"))
+    return web.json_response(result)
+
+
+async def post_rollback(request: web.Request) -> web.Response:
+    body = await _body(request)
+    result = await ops.rollback(request.app[NODE], _opt_str(body, "profile"),
+                                _opt_str(body, "release"))
+    return web.json_response(result)
+
+
+async def post_reset(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await ops.reset(request.app[NODE], _opt_str(body, "profile")))
+
+
+async def get_log(request: web.Request) -> web.Response:
+    data = ops.build_log(request.app[NODE], _query_profile(request), request.match_info["cpv"])
+    return web.Response(body=data, content_type="text/plain", charset="utf-8")
+
+
+async def get_releases(request: web.Request) -> web.Response:
+    return web.json_response(ops.releases(request.app[NODE], _query_profile(request)))
+
+
+async def get_key(request: web.Request) -> web.Response:
+    return web.Response(text=signing.export_public_key(request.app[NODE].key),
+                        content_type="application/pgp-keys")
+
+
+async def get_binhost(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    profile = request.match_info["profile"]
+    node.config.profile(profile)  # 404 for an unknown profile
+    path = node.binhost.resolve(profile, request.match_info["path"])
+    return web.FileResponse(path)
+
+
+def create_app(node: Node) -> web.Application:
+    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
+    app[NODE] = node
+    app.router.add_get("/api/v1/status", get_status)
+    app.router.add_post("/api/v1/cycles", post_cycle)
+    app.router.add_get("/api/v1/cycles/{cycle_id}", get_cycle)
+    app.router.add_get("/api/v1/verify", get_verify)
+    app.router.add_post("/api/v1/finalize", post_finalize)
+    app.router.add_post("/api/v1/rollback", post_rollback)
+    app.router.add_post("/api/v1/reset", post_reset)
+    app.router.add_get("/api/v1/logs/{cpv:.+}", get_log)
+    app.router.add_get("/api/v1/releases", get_releases)
+    app.router.add_get("/api/v1/key", get_key)
+    app.router.add_get("/binhost/{profile}/{path:.*}", get_binhost)
+    return app

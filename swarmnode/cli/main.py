@@ -1,0 +1,202 @@
+"""The `swarmnode` command: one CLI that talks to any node (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from swarmnode.cli import render
+from swarmnode.cli.client import ApiClient
+from swarmnode.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Build Gentoo binary packages across a swarm of machines.")
+
+DEFAULT_URL = "http://127.0.0.1:7700"
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p",
+                                                   help="Profile (default: the first one).")]
+
+
+@dataclass
+class Ctx:
+    node: str
+    secret: str | None
+
+    @property
+    def client(self) -> ApiClient:
+        return ApiClient(self.node, self.secret)
+
+
+def _ctx(ctx: typer.Context) -> Ctx:
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    node: Annotated[Optional[str], typer.Option("--node", envvar="SWARMNODE_URL",
+                                                help=f"Node URL (default {DEFAULT_URL}).")] = None,
+    secret: Annotated[Optional[str], typer.Option("--secret", envvar="SWARMNODE_SECRET",
+                                                  help="Cluster secret for mutating commands.",
+                                                  show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", envvar="SWARMNODE_CONFIG",
+                                                   help="Read node URL and secret from this "
+                                                        "config file.")] = None,
+) -> None:
+    if config is not None and ctx.invoked_subcommand != "serve":
+        from swarmnode.config import load_config
+
+        cfg = load_config(config)
+        node = node or cfg.node.advertise_url
+        secret = secret or cfg.cluster.secret
+    ctx.obj = Ctx(node or DEFAULT_URL, secret)
+
+
+def _emit(data: Any, as_json: bool, show: Any = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif show is not None:
+        show(data)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", envvar="SWARMNODE_CONFIG",
+                                         help="The node's TOML config.")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run this machine's node: state, builder, binhost and API."""
+    from swarmnode.api.serve import serve as run
+    from swarmnode.config import load_config
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(load_config(config))
+
+
+@app.command()
+def fresh(
+    ctx: typer.Context,
+    targets: Annotated[Optional[list[str]], typer.Argument(help="Atoms or sets (default: "
+                                                                 "the profile's targets).")] = None,
+    profile: ProfileOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the cycle ends.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan a build cycle (only what changed since the production release) and start it."""
+    c = _ctx(ctx).client
+    result = c.post("/api/v1/cycles", {"profile": profile, "targets": targets or []})
+    if not as_json:
+        render.cycle_started(result)
+    if wait:
+        cycle = render.wait_for_cycle(c, result["cycle_id"], quiet=as_json)
+        result["final"] = cycle
+    if as_json:
+        _emit(result, True)
+    if wait and any(j["state"] in ("failed", "blocked") for j in result["final"]["jobs"].values()):
+        raise typer.Exit(3)
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """What the swarm is doing: cycles, builds, releases."""
+    _emit(_ctx(ctx).client.get("/api/v1/status"), as_json, render.status)
+
+
+@app.command()
+def verify(ctx: typer.Context, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Risk score (0-100) of finalizing now; under 15 is safe. Exit code 1 when unsafe."""
+    report = _ctx(ctx).client.get("/api/v1/verify", profile=profile)
+    _emit(report, as_json, render.verify)
+    if not report["safe"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def finalize(ctx: typer.Context, profile: ProfileOpt = None,
+             force: Annotated[bool, typer.Option("--force", help="Publish even if verify "
+                                                                 "fails.")] = False,
+             as_json: JsonOpt = False) -> None:
+    """Publish the latest cycle as a release on every node's binhost."""
+    result = _ctx(ctx).client.post("/api/v1/finalize", {"profile": profile, "force": force})
+    _emit(result, as_json, render.finalized)
+
+
+@app.command()
+def rollback(ctx: typer.Context,
+             release: Annotated[Optional[str], typer.Argument(help="Release id (default: the "
+                                                                   "one before).")] = None,
+             profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Serve an older release again (with a new TIMESTAMP so clients notice)."""
+    result = _ctx(ctx).client.post("/api/v1/rollback", {"profile": profile, "release": release})
+    _emit(result, as_json, render.rolled_back)
+
+
+@app.command()
+def reset(ctx: typer.Context, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Return in-flight and failed jobs to the queue; built packages are kept."""
+    result = _ctx(ctx).client.post("/api/v1/reset", {"profile": profile})
+    _emit(result, as_json, lambda r: render.console.print("[green]reset done[/]"))
+
+
+@app.command()
+def releases(ctx: typer.Context, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """List a profile's releases; the production one is marked."""
+    _emit(_ctx(ctx).client.get("/api/v1/releases", profile=profile), as_json, render.releases)
+
+
+@app.command()
+def logs(ctx: typer.Context, cpv: Annotated[str, typer.Argument(help="e.g. app-misc/foo-1.0")],
+         profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the build log of a package (its latest attempt)."""
+    text = _ctx(ctx).client.get_text(f"/api/v1/logs/{cpv}", profile=profile)
+    if as_json:
+        _emit({"cpv": cpv, "log": text}, True)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def key(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Print the swarm's public signing key (clients import it to verify packages)."""
+    text = _ctx(ctx).client.get_text("/api/v1/key")
+    if as_json:
+        _emit({"key": text}, True)
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    """Entry point: every failure is one line on stderr and a non-zero exit, no traceback."""
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except UserError as exc:
+        typer.echo(f"swarmnode: error: {exc.message}", err=True)
+        sys.exit(2 if exc.status in (503, 504) else 1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("swarmnode: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            typer.echo(f"swarmnode: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        if os.environ.get("SWARMNODE_DEBUG"):
+            raise
+        typer.echo(f"swarmnode: internal error: {exc!r} (set SWARMNODE_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(70)

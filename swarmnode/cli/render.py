@@ -1,0 +1,99 @@
+"""Rich rendering of API results for humans (`--json` bypasses all of this)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from swarmnode.cli.client import ApiClient
+
+console = Console()
+STATE_STYLE = {"built": "green", "failed": "red", "blocked": "yellow", "leased": "cyan",
+               "ready": "white", "planned": "dim"}
+DONE = ("built", "failed", "blocked")
+
+
+def cycle_started(result: dict[str, Any]) -> None:
+    jobs, reused = result["jobs"], result["reused"]
+    console.print(f"cycle [bold]{result['cycle_id']}[/] ({result['profile']}): "
+                  f"{len(jobs)} to build, {len(reused)} reused from the release")
+    for job in jobs[:20]:
+        console.print(f"  [cyan]{job['cpv']}[/] [dim]{job['reason']}[/]")
+    if len(jobs) > 20:
+        console.print(f"  … and {len(jobs) - 20} more")
+
+
+def wait_for_cycle(client: ApiClient, cycle_id: str, quiet: bool = False,
+                   poll_s: float = 1.0) -> dict[str, Any]:
+    """Poll the cycle until no job is planned, ready or leased; show a progress bar."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=quiet, transient=False) as bar:
+        task = bar.add_task("building", total=None)
+        while True:
+            cycle = client.get(f"/api/v1/cycles/{cycle_id}")
+            states = Counter(j["state"] for j in cycle["jobs"].values())
+            done = sum(states[s] for s in DONE)
+            building = [c for c, j in cycle["jobs"].items() if j["state"] == "leased"]
+            desc = "building " + ", ".join(sorted(building)[:3]) if building else "waiting"
+            bar.update(task, total=len(cycle["jobs"]), completed=done, description=desc)
+            if done == len(cycle["jobs"]):
+                break
+            time.sleep(poll_s)
+    if not quiet:
+        parts = [f"[{STATE_STYLE[s]}]{states[s]} {s}[/]" for s in DONE if states[s]]
+        console.print(f"cycle {cycle_id} finished: " + (", ".join(parts) or "nothing to build"))
+        for cpv, job in sorted(cycle["jobs"].items()):
+            if job["state"] == "failed":
+                console.print(f"  [red]failed[/] {cpv}: {job.get('error') or ''} "
+                              f"(swarmnode logs {cpv})")
+    return cycle
+
+
+def status(data: dict[str, Any]) -> None:
+    node = data["node"]
+    console.print(f"node [bold]{node['id']}[/] {node['url']}  cluster {data['cluster']['name']}  "
+                  f"state index {data['state']['applied_index']}")
+    table = Table("profile", "serving", "latest cycle", "jobs", box=None)
+    for name, prof in data["profiles"].items():
+        serving = prof["serving"]["release_id"] if prof["serving"] else "-"
+        cycle = prof["cycle"]
+        counts = ", ".join(f"[{STATE_STYLE.get(s, 'white')}]{n} {s}[/]"
+                           for s, n in sorted((cycle or {}).get("counts", {}).items()) if n)
+        table.add_row(name, serving, cycle["id"] if cycle else "-", counts or "-")
+    console.print(table)
+    for build in node["building"]:
+        console.print(f"  building [cyan]{build['cpv']}[/] on {build['cores']} cores "
+                      f"(lease {build['lease']})")
+
+
+def verify(report: dict[str, Any]) -> None:
+    colour = "green" if report["safe"] else "red"
+    console.print(f"{report['profile']} cycle {report['cycle_id']}: risk "
+                  f"[bold {colour}]{report['score']}[/] / 100 "
+                  f"({'safe to finalize' if report['safe'] else 'NOT safe to finalize'})")
+    for reason in report["reasons"]:
+        console.print(f"  - {reason}")
+
+
+def finalized(result: dict[str, Any]) -> None:
+    console.print(f"[green]published[/] release [bold]{result['release_id']}[/] for "
+                  f"{result['profile']} (TIMESTAMP {result['timestamp']}, risk "
+                  f"{result['risk']['score']})")
+
+
+def rolled_back(result: dict[str, Any]) -> None:
+    console.print(f"{result['profile']} now serves release [bold]{result['release_id']}[/] "
+                  f"(TIMESTAMP {result['timestamp']})")
+
+
+def releases(data: dict[str, Any]) -> None:
+    table = Table("", "release", "cycle", "packages", box=None)
+    for rel in data["releases"]:
+        mark = "[green]*[/]" if rel["id"] == data["production"] else ""
+        table.add_row(mark, rel["id"], rel["cycle_id"], str(rel["packages"]))
+    console.print(table)

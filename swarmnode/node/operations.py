@@ -1,0 +1,185 @@
+"""What users ask a node to do: start a cycle, verify, finalize, roll back, reset, read logs.
+
+Each operation validates its input, turns it into state-machine commands and returns a plain
+JSON-able dict. The API layer is only transport around these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from portage.dep import Atom, match_from_list
+
+from swarmnode.errors import UserError
+from swarmnode.node.commands import command
+from swarmnode.node.runtime import Node
+from swarmnode.portage import atoms, index, planner
+from swarmnode.state.risk import risk_score
+
+SAFE_RISK = 15  # a release scoring under this is safe to finalize
+
+
+def _ok(result: dict[str, Any], status: int = 409) -> dict[str, Any]:
+    if not result.get("ok"):
+        raise UserError(result.get("error", "refused"), status)
+    return result
+
+
+async def fresh(node: Node, profile_name: str | None, targets: list[str]) -> dict[str, Any]:
+    """Plan a build cycle for a profile (incremental against its production release)."""
+    profile = node.config.profile(profile_name)
+    targets = atoms.validate_targets(targets or list(profile.targets))
+    running = node.log.state.latest_cycle(profile.name)
+    if running is not None and not running.finished and not running.closed:
+        raise UserError(f"cycle {running.id} for {profile.name} is still running; wait for it, "
+                        "or `swarmnode reset` it", 409)
+    release_dir = node.binhost.current_dir(profile.name)
+    workdir = node.paths.work / f"plan-{profile.name}"
+    plan = await asyncio.to_thread(planner.plan, profile, targets, workdir, release_dir)
+    prod = node.log.state.production(profile.name)
+    reused = []
+    if prod is not None:
+        release = node.log.state.release(prod.release_id)
+        keep = set(plan.reused)
+        reused = [a.to_dict() for cpv, a in sorted(release.packages.items()) if cpv in keep]
+    cycle_id = time.strftime("%Y%m%d-%H%M%S") + f"-{profile.name}"
+    result = _ok(await node.submit(command(
+        "start_cycle", cycle_id=cycle_id, profile=profile.name, tree_version=plan.tree_version,
+        targets=targets, jobs=[j.to_dict() for j in plan.jobs], reused=reused)))
+    return {"cycle_id": cycle_id, "profile": profile.name, "targets": targets,
+            "jobs": [j.to_dict() for j in plan.jobs], "reused": sorted(plan.reused),
+            "tree_version": plan.tree_version, "result": result}
+
+
+def cycle_view(node: Node, cycle_id: str) -> dict[str, Any]:
+    cycle = node.log.state.cycle(cycle_id)
+    if cycle is None:
+        raise UserError(f"no cycle {cycle_id!r}; `swarmnode status` lists cycles", 404)
+    return {**cycle.to_dict(), "finished": cycle.finished, "counts": cycle.counts}
+
+
+def _critical(profile_critical: tuple[str, ...], cpvs: list[str]) -> list[str]:
+    hits = []
+    for spec in profile_critical:
+        hits += match_from_list(Atom(spec), cpvs)
+    return sorted(set(hits))
+
+
+def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
+    """Risk score 0–100 of finalizing the profile's latest cycle now (under 15 is safe)."""
+    profile = node.config.profile(profile_name)
+    state = node.log.state
+    cycle = state.latest_cycle(profile.name)
+    if cycle is None:
+        raise UserError(f"profile {profile.name} has no build cycle yet; run `swarmnode fresh`", 409)
+    failed = sorted(c for c, j in cycle.jobs.items() if j.state == "failed")
+    blocked = sorted(c for c, j in cycle.jobs.items() if j.state == "blocked")
+    pending = sorted(c for c, j in cycle.jobs.items() if j.state in ("planned", "ready", "leased"))
+    artifacts = list(cycle.reused.values()) + [j.artifact for j in cycle.jobs.values()
+                                               if j.artifact is not None]
+    entries = []
+    missing = []
+    for a in artifacts:
+        try:
+            path = node.store.path(a.sha256)
+        except UserError:
+            missing.append(a.cpv)
+            continue
+        entries.append(index.index_entry(path, a.cpv, a.build_id, ""))
+    unmet = index.unmet_runtime_deps(entries)
+    critical = _critical(profile.critical, failed + blocked)
+    score, reasons = risk_score(failed, blocked, unmet, critical)
+    if missing:
+        score = 100
+        reasons.append(f"{len(missing)} artifacts missing from this node's store: "
+                       + ", ".join(missing[:5]))
+    if pending:
+        reasons.insert(0, f"cycle still has {len(pending)} packages to build")
+    return {"profile": profile.name, "cycle_id": cycle.id, "score": score,
+            "safe": score < SAFE_RISK and not pending, "reasons": reasons, "failed": failed,
+            "blocked": blocked, "pending": pending, "unmet_runtime_deps": unmet,
+            "critical_failed": critical, "packages": len(artifacts)}
+
+
+async def finalize(node: Node, profile_name: str | None, force: bool) -> dict[str, Any]:
+    """Record a release of the latest cycle and publish it on this node's binhost."""
+    report = await asyncio.to_thread(verify, node, profile_name)
+    profile = report["profile"]
+    if report["pending"]:
+        raise UserError(f"cycle {report['cycle_id']} still has {len(report['pending'])} packages "
+                        "to build; wait for it (`swarmnode fresh --wait`)", 409)
+    if not report["safe"] and not force:
+        raise UserError(f"refusing to finalize {profile}: risk score {report['score']} "
+                        f"(safe is under {SAFE_RISK}): " + "; ".join(report["reasons"])
+                        + ". Fix it, or finalize --force", 409)
+    release_id = f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = _ok(await node.submit(command("finalize", release_id=release_id, profile=profile,
+                                           force=force)))
+    await asyncio.to_thread(node.reconcile_binhost)
+    return {"release_id": release_id, "profile": profile, "risk": report,
+            "timestamp": node.log.state.production(profile).timestamp, "result": result}
+
+
+async def rollback(node: Node, profile_name: str | None, release_id: str | None) -> dict[str, Any]:
+    profile = node.config.profile(profile_name)
+    _ok(await node.submit(command("rollback", profile=profile.name, release_id=release_id)))
+    await asyncio.to_thread(node.reconcile_binhost)
+    prod = node.log.state.production(profile.name)
+    return {"profile": profile.name, "release_id": prod.release_id, "timestamp": prod.timestamp}
+
+
+async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if profile_name is not None:
+        fields["profile"] = node.config.profile(profile_name).name
+    return _ok(await node.submit(command("reset", **fields)))
+
+
+def build_log(node: Node, profile_name: str | None, cpv: str) -> bytes:
+    profile = node.config.profile(profile_name)
+    cpv = atoms.validate_cpv(cpv)
+    job = node.log.state.find_job(profile.name, cpv)
+    if job is None:
+        raise UserError(f"{cpv} was not built in any cycle of {profile.name}", 404)
+    if not job.log_sha256:
+        raise UserError(f"{cpv} has no build log yet (state: {job.state})", 404)
+    return node.store.read_bytes(job.log_sha256)
+
+
+def releases(node: Node, profile_name: str | None) -> dict[str, Any]:
+    profile = node.config.profile(profile_name)
+    state = node.log.state
+    prod = state.production(profile.name)
+    return {"profile": profile.name,
+            "production": prod.release_id if prod else None,
+            "releases": [{"id": r.id, "cycle_id": r.cycle_id, "created": r.created_ts,
+                          "packages": len(r.packages)} for r in state.releases(profile.name)]}
+
+
+def status(node: Node) -> dict[str, Any]:
+    state = node.log.state
+    cfg = node.config
+    summary = state.summary()
+    profiles = {}
+    for name in cfg.profiles:
+        prod = state.production(name)
+        served = node.binhost.current(name)
+        profiles[name] = {
+            "production": {"release_id": prod.release_id, "timestamp": prod.timestamp}
+            if prod else None,
+            "serving": {"release_id": served[0], "timestamp": served[1]} if served else None,
+            "cycle": summary["profiles"].get(name, {}).get("cycle"),
+        }
+    return {
+        "node": {"id": cfg.node.node_id, "url": cfg.node.advertise_url, "cores": cfg.node.cores,
+                 "uptime_s": round(time.time() - node.started, 1),
+                 "building": [{"cpv": b.cpv, "cycle_id": b.cycle_id, "cores": b.cores,
+                               "lease": b.fence} for b in node.worker.running.values()]},
+        "cluster": {"name": cfg.cluster.name, "leader": node.log.is_leader},
+        "state": {"applied_index": node.log.applied_index, "digest": state.digest(),
+                  "as_of": time.time()},
+        "profiles": profiles,
+        "summary": summary,
+    }

@@ -1,0 +1,147 @@
+"""One node's runtime: its disk layout, its state log and the loops that run on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarmnode.binhost import Binhost, PackageRef, Publication
+from swarmnode.config import Config
+from swarmnode.consensus.local import LocalLog
+from swarmnode.node.commands import command
+from swarmnode.node.worker import Worker
+from swarmnode.portage import signing
+from swarmnode.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Where a node keeps things under its data dir."""
+
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def binhost(self) -> Path:
+        return self.root / "binhost"
+
+    @property
+    def builds(self) -> Path:
+        return self.root / "builds"
+
+    @property
+    def gpg(self) -> Path:
+        return self.root / "gpg"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+
+class Node:
+    """Owns the state log, the store and the binhost, and runs the node's loops."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.paths = NodePaths(config.node.data_dir)
+        for p in (self.paths.state, self.paths.builds, self.paths.work):
+            p.mkdir(parents=True, exist_ok=True)
+        self.log = LocalLog(self.paths.state)
+        self.store = ArtifactStore(self.paths.store)
+        self.binhost = Binhost(self.paths.binhost, self.store)
+        self.key = signing.ensure_signing_key(self.paths.gpg, name=f"swarmnode {config.cluster.name}")
+        self.signing_env = signing.builder_env(self.key)
+        self.worker = Worker(self)
+        self.started = time.time()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.publish_errors: dict[str, str] = {}
+
+    async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return await self.log.submit(cmd)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.binhost.recover()
+        shutil.rmtree(self.paths.builds, ignore_errors=True)  # builds of a previous life
+        self.paths.builds.mkdir(parents=True)
+        cfg = self.config
+        await self.submit(command(
+            "configure", breaker_threshold=cfg.cluster.breaker_threshold,
+            breaker_cooldown_s=cfg.cluster.breaker_cooldown_s, fail_nodes=cfg.cluster.fail_nodes,
+            keep_releases=cfg.keep_releases))
+        await self.submit(command(
+            "register_node", node_id=cfg.node.node_id, url=cfg.node.advertise_url,
+            cores=cfg.node.cores, profiles=sorted(cfg.profiles), sweeper=cfg.node.sweeper,
+            tree_versions={}))
+        self._tasks = [
+            asyncio.create_task(self.worker.run(), name="worker"),
+            asyncio.create_task(self._maintenance(), name="maintenance"),
+            asyncio.create_task(self._publisher(), name="publisher"),
+        ]
+
+    async def stop(self) -> None:
+        for build in list(self.worker.running.values()):
+            build.task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(b.task for b in self.worker.running.values()),
+                             return_exceptions=True)
+        self.log.close()
+
+    # -- the leader's maintenance: expire leases, cool down breakers --------------------------
+    async def _maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.config.build.lease_ttl_s / 4))
+            if not self.log.is_leader:
+                continue
+            now = time.time()
+            if self.log.state.needs_maintenance(now):
+                try:
+                    result = await self.submit(command("expire"))
+                    for item in result.get("expired", []):
+                        log.warning("lease expired: %s", item)
+                except Exception:
+                    log.exception("maintenance: expire failed")
+
+    # -- make the binhost serve what the state says is in production -------------------------
+    async def _publisher(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.reconcile_binhost)
+            except Exception as exc:  # logged; retried on the next state change
+                log.exception("publishing the binhost failed")
+                self.publish_errors["*"] = str(exc)
+            await self.log.wait_changed(5.0)
+
+    def reconcile_binhost(self) -> None:
+        """Publish every profile's production release locally and prune retired ones."""
+        state = self.log.state
+        for profile in self.config.profiles:
+            prod = state.production(profile)
+            if prod is None:
+                continue
+            if self.binhost.current(profile) != (prod.release_id, prod.timestamp):
+                release = state.release(prod.release_id)
+                if release is None:
+                    continue
+                refs = tuple(PackageRef(a.cpv, a.build_id, a.sha256, a.size)
+                             for a in sorted(release.packages.values(), key=lambda a: a.cpv))
+                self.binhost.publish(profile, Publication(prod.release_id, prod.timestamp, refs))
+                log.info("binhost %s now serves release %s (TIMESTAMP %d)", profile,
+                         prod.release_id, prod.timestamp)
+            self.binhost.prune(profile, {r.id for r in state.releases(profile)})
+            self.publish_errors.pop(profile, None)

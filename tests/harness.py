@@ -1,0 +1,166 @@
+"""Real `swarmnode serve` processes for end-to-end tests, and the CLI run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+PROJECT = Path(__file__).resolve().parent.parent
+EXAMPLE = PROJECT / "config" / "example"
+PROFILES = PROJECT / "config" / "profiles"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `cond` until it returns something truthy; fail with `what` after `timeout` s."""
+    end = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def profile_toml(name: str, repo: Path, config_dir: Path, distfiles: Path,
+                 portage_profile: str = "swarm/amd64", extra: str = "") -> str:
+    return f"""
+[profiles.{name}]
+repositories = ["{repo}"]
+portage_profile = "{portage_profile}"
+portage_config = "{config_dir}"
+distfiles = "{distfiles}"
+{extra}
+"""
+
+
+@dataclass
+class NodeProc:
+    """One node: its config file, data dir and (while running) its serve process."""
+
+    root: Path
+    node_id: str
+    profiles_toml: str
+    secret: str = "test-secret-0123456789abcdef"
+    port: int = field(default_factory=free_port)
+    extra_toml: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config(self) -> Path:
+        return self.root / f"{self.node_id}.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / self.node_id
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"{self.node_id}.log"
+
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(f"""
+[node]
+id = "{self.node_id}"
+data_dir = "{self.data_dir}"
+listen = "127.0.0.1:{self.port}"
+cores = 2
+
+[cluster]
+name = "test"
+secret = "{self.secret}"
+
+[build]
+lease_ttl_s = 6
+heartbeat_s = 1
+poll_s = 0.5
+max_parallel_jobs = 2
+{self.extra_toml}
+{self.profiles_toml}
+""")
+
+    def start(self) -> None:
+        self.write_config()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swarmnode", "serve", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(self._up, 60, f"node {self.node_id} to serve its API")
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"node {self.node_id} exited: {self.log_tail()}")
+        try:
+            urllib.request.urlopen(self.url + "/api/v1/status", timeout=2).read()
+            return True
+        except OSError:
+            return False
+
+    def log_tail(self, n: int = 40) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        return "\n".join(lines[-n:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def cli(self, *args: str, secret: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, SWARMNODE_URL=self.url, COLUMNS="200")
+        env.pop("SWARMNODE_SECRET", None)
+        if secret:
+            env["SWARMNODE_SECRET"] = self.secret
+        return subprocess.run([sys.executable, "-m", "swarmnode", *args], env=env, text=True,
+                              capture_output=True, timeout=timeout)
+
+    def cli_json(self, *args: str) -> Any:
+        proc = self.cli(*args, "--json")
+        assert proc.returncode == 0, f"swarmnode {args}: {proc.stderr}\n{self.log_tail()}"
+        return json.loads(proc.stdout)
+
+    def get(self, path: str) -> Any:
+        return json.loads(urllib.request.urlopen(self.url + path, timeout=30).read())
+
+    def http(self, method: str, path: str, body: bytes | None = None,
+             secret: str | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if secret:
+            req.add_header("Authorization", f"Bearer {secret}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()

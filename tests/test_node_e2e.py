@@ -1,0 +1,199 @@
+"""One real node, end to end: build with real portage, publish, install from the binhost.
+
+The tests in this module run in order against one node (a full build of the example set is
+the expensive part, so it happens once). They use a copy of the example repository, so the
+sub-slot bump can edit it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
+from swarmnode.portage.client import BinhostClient
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("e2e")
+    repo = root / "repo"
+    shutil.copytree(EXAMPLE / "repo", repo, symlinks=True)
+    distfiles = root / "distfiles"
+    shutil.copytree(EXAMPLE / "distfiles", distfiles)
+    profiles = profile_toml("desktop", repo, PROFILES / "desktop", distfiles,
+                            extra='critical = ["dev-libs/libgreet"]')
+    n = NodeProc(root, "node1", profiles)
+    n.repo, n.distfiles = repo, distfiles  # type: ignore[attr-defined]
+    n.start()
+    yield n
+    n.stop()
+
+
+def packages_index(n: NodeProc) -> dict[str, dict[str, str]]:
+    """The served Packages index, parsed: cpv -> entry (and "" -> header)."""
+    status, body = n.http("GET", "/binhost/desktop/Packages")
+    assert status == 200, body
+    blocks = body.decode().strip().split("\n\n")
+    parsed = {}
+    for i, block in enumerate(blocks):
+        entry = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        parsed["" if i == 0 else entry["CPV"]] = entry
+    return parsed
+
+
+def served_release_is_whole(n: NodeProc) -> str:
+    """Every package the index names is served with the index's size and digest."""
+    index = packages_index(n)
+    gz_status, gz = n.http("GET", "/binhost/desktop/Packages.gz")
+    assert gz_status == 200
+    assert gzip.decompress(gz) == n.http("GET", "/binhost/desktop/Packages")[1]
+    for cpv, entry in index.items():
+        if not cpv:
+            continue
+        status, data = n.http("GET", "/binhost/desktop/" + entry["PATH"])
+        assert status == 200, f"{cpv}: {data[:200]!r}"
+        assert len(data) == int(entry["SIZE"])
+        assert hashlib.sha1(data).hexdigest() == entry["SHA1"]
+    return index[""]["TIMESTAMP"]
+
+
+def test_fresh_builds_the_world_set(node: NodeProc) -> None:
+    proc = node.cli("fresh", "--profile", "desktop", "--wait", timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + node.log_tail()
+    cycle = node.get("/api/v1/status")["profiles"]["desktop"]["cycle"]
+    assert cycle["counts"]["built"] >= 12
+    assert not cycle["counts"].get("failed")
+
+
+def test_verify_then_finalize_publishes_a_signed_binhost(node: NodeProc) -> None:
+    report = node.cli_json("verify", "--profile", "desktop")
+    assert report["safe"] and report["score"] < 15
+    result = node.cli_json("finalize", "--profile", "desktop")
+    index = packages_index(node)
+    assert int(index[""]["TIMESTAMP"]) == result["timestamp"]
+    assert "dev-libs/libgreet-1.0" in index
+    assert "app-misc/broken-1.0" not in index
+    served_release_is_whole(node)
+
+
+def test_a_separate_portage_client_installs_and_runs_a_program(node: NodeProc,
+                                                               tmp_path: Path) -> None:
+    key = node.cli("key").stdout
+    client = BinhostClient.create(tmp_path / "client", f"{node.url}/binhost/desktop", key,
+                                  node.repo, "swarm/amd64")  # type: ignore[attr-defined]
+    client.install(["app-misc/greeter"])
+    assert "Hello" in client.run("greeter")
+    # Without the swarm's key, portage's default signature verification refuses the package.
+    stranger = BinhostClient.create(tmp_path / "stranger", f"{node.url}/binhost/desktop", None,
+                                    node.repo, "swarm/amd64")  # type: ignore[attr-defined]
+    with pytest.raises(Exception):
+        stranger.install(["app-misc/greeter"])
+
+
+def test_failing_package_is_explained_and_blocks_finalize(node: NodeProc) -> None:
+    proc = node.cli("fresh", "--profile", "desktop", "--wait", "app-misc/broken", timeout=600)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "app-misc/broken-1.0" in proc.stdout
+    logs = node.cli("logs", "app-misc/broken-1.0", "--profile", "desktop")
+    assert logs.returncode == 0 and "error" in logs.stdout.lower()
+    verify = node.cli("verify", "--profile", "desktop")
+    assert verify.returncode == 1
+    assert "app-misc/broken-1.0" in verify.stdout
+    refused = node.cli("finalize", "--profile", "desktop")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("swarmnode: error: refusing to finalize")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in refused.stderr
+
+
+def test_forced_finalize_and_rollback_move_the_timestamp_forward(node: NodeProc) -> None:
+    before = node.cli_json("releases", "--profile", "desktop")
+    first_ts = int(packages_index(node)[""]["TIMESTAMP"])
+    forced = node.cli_json("finalize", "--profile", "desktop", "--force")
+    assert forced["timestamp"] > first_ts
+    rolled = node.cli_json("rollback", "--profile", "desktop")
+    assert rolled["release_id"] == before["production"]
+    assert rolled["timestamp"] > forced["timestamp"]
+    assert int(served_release_is_whole(node)) == rolled["timestamp"]
+
+
+def test_subslot_bump_rebuilds_exactly_the_library_and_its_slot_operator_users(
+        node: NodeProc) -> None:
+    repo: Path = node.repo  # type: ignore[attr-defined]
+    pkg = repo / "dev-libs/libgreet"
+    text = (pkg / "libgreet-1.0.ebuild").read_text().replace('SLOT="0/1"', 'SLOT="0/2"')
+    (pkg / "libgreet-1.0-r1.ebuild").write_text(text)
+    result = node.cli_json("fresh", "--profile", "desktop")
+    rebuilt = sorted(j["cpv"] for j in result["jobs"])
+    assert rebuilt == ["app-misc/greeter-1.0", "app-misc/welcome-1.0",
+                       "dev-libs/libgreet-1.0-r1"], result["jobs"]
+    done = node.cli("fresh", "--profile", "desktop", "--wait")  # nothing new: a running cycle
+    assert done.returncode == 1 and "still running" in done.stderr
+    wait_for(lambda: node.get(f"/api/v1/cycles/{result['cycle_id']}")["finished"], 600,
+             "the sub-slot cycle to finish")
+
+
+def test_bad_input_gets_a_clear_error_and_changes_nothing(node: NodeProc) -> None:
+    digest = node.get("/api/v1/status")["state"]["digest"]
+    cases = [
+        ("POST", "/api/v1/cycles", b'{"targets": ["not an atom!"]}', {400}, "invalid atom"),
+        ("POST", "/api/v1/cycles", b'{"profile": "nosuch"}', {404}, "unknown profile"),
+        ("POST", "/api/v1/cycles", b'{"targets": ', {400}, "not valid JSON"),
+        ("POST", "/api/v1/finalize", b'{"force": "yes"}', {400}, "true or false"),
+        ("GET", "/binhost/desktop/../../etc/passwd", None, {400, 404}, ""),
+        ("GET", "/binhost/desktop/%2e%2e/%2e%2e/etc/passwd", None, {400, 404}, ""),
+        ("GET", "/binhost/nosuch/Packages", None, {404}, "unknown profile"),
+        ("GET", "/api/v1/logs/not-a-cpv", None, {400}, "cpv"),
+    ]
+    for method, path, body, statuses, message in cases:
+        got, raw = node.http(method, path, body, secret=node.secret)
+        assert got in statuses, (path, got, raw)
+        assert b"root:" not in raw and b"Traceback" not in raw
+        assert message.encode() in raw, (path, raw)
+    assert node.http("POST", "/api/v1/reset", b"{}", secret="wrong-secret")[0] == 401
+    assert node.get("/api/v1/status")["state"]["digest"] == digest
+    bad = node.cli("fresh", "--profile", "desktop", "=broken atom")
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith("swarmnode: error: invalid atom")
+
+
+def test_truncated_artifact_is_detected_and_never_served(node: NodeProc) -> None:
+    index = packages_index(node)
+    entry = index["app-misc/welcome-1.0"] if "app-misc/welcome-1.0" in index else index[
+        next(c for c in index if c)]
+    objects = node.data_dir / "store" / "objects"
+    sha = next(p for p in objects.rglob("*") if p.is_file()
+               and p.stat().st_size == int(entry["SIZE"])
+               and hashlib.sha1(p.read_bytes()).hexdigest() == entry["SHA1"])
+    data = sha.read_bytes()
+    sha.write_bytes(data[: len(data) // 2])
+    status, body = node.http("GET", "/binhost/desktop/" + entry["PATH"])
+    assert status >= 400 and len(body) != len(data)
+    sha.write_bytes(data)  # restore for the following tests
+    status, body = node.http("GET", "/binhost/desktop/" + entry["PATH"])
+    assert status == 200 and body == data
+
+
+def test_kill_9_during_finalize_leaves_old_or_new_release_whole(node: NodeProc) -> None:
+    for attempt in range(4):
+        before = served_release_is_whole(node)
+        result: dict[str, subprocess.CompletedProcess[str]] = {}
+        t = threading.Thread(target=lambda: result.setdefault(
+            "p", node.cli("finalize", "--profile", "desktop", "--force")))
+        t.start()
+        # Kill at a different moment each time (the kill's timing is what is under test).
+        threading.Event().wait(0.05 + 0.1 * attempt)
+        node.kill9()
+        t.join()
+        node.start()
+        after = served_release_is_whole(node)
+        assert int(after) >= int(before)
