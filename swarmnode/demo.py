@@ -47,6 +47,7 @@ secret = "{secret}"
 [build]
 lease_ttl_s = 10
 heartbeat_s = 2
+max_parallel_jobs = 2
 
 [profiles.desktop]
 repositories = ["{example / 'example/repo'}"]

@@ -13,16 +13,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from portage.getbinpkg import PackageIndex
 
 from swarmnode.config import ProfileConfig
 from swarmnode.portage.builder import BuildResult, build
-from swarmnode.portage.env import PortageEnv, venv_bin
 from swarmnode.portage.planner import Plan, plan
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -55,43 +54,53 @@ def example_profile(name: str, repo: Path = REPO, portage_config: Path | None = 
                          world=tuple(a for a in world if a))
 
 
-def index_pkgdir(profile: ProfileConfig, pkgdir: Path, workdir: Path) -> None:
-    """(Re)write pkgdir's Packages with portage's own `emaint binhost --fix`."""
-    env = PortageEnv.create(profile, workdir, pkgdir)
-    subprocess.run([sys.executable, str(venv_bin() / "emaint"), "binhost", "--fix"],
-                   env=env.environ(), check=True, capture_output=True)
-    shutil.rmtree(workdir)
+def add_to_pkgdir(pkgdir: Path, result: BuildResult, out: Path) -> None:
+    """Copy a built gpkg into pkgdir and merge the Packages entry portage wrote for it."""
+    assert result.gpkg is not None
+    dest = pkgdir / result.gpkg.relative_to(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(result.gpkg, dest)
+    index = PackageIndex()
+    if (pkgdir / "Packages").exists():
+        with open(pkgdir / "Packages") as f:
+            index.read(f)
+    with open(out / "Packages") as f:
+        built = PackageIndex()
+        built.read(f)
+    index.header = index.header or built.header
+    index.packages.extend(built.packages)
+    index.header["PACKAGES"] = str(len(index.packages))
+    tmp = pkgdir / "Packages.tmp"
+    with open(tmp, "w") as f:
+        index.write(f)
+    tmp.replace(pkgdir / "Packages")  # atomic: concurrent builds read it
 
 
 async def build_plan(profile: ProfileConfig, the_plan: Plan, pkgdir: Path, scratch: Path,
                      parallel: int = 2) -> dict[str, BuildResult]:
-    """Build every job once its plan dependencies are in pkgdir, `parallel` at a time."""
+    """Build every job as soon as its plan dependencies are in pkgdir, `parallel` at a time."""
     pkgdir.mkdir(parents=True, exist_ok=True)
-    if not (pkgdir / "Packages").exists():
-        index_pkgdir(profile, pkgdir, scratch / "index")
     results: dict[str, BuildResult] = {}
     pending = list(the_plan.jobs)
-    gate = asyncio.Semaphore(parallel)
+    running: dict[asyncio.Task[BuildResult], str] = {}
 
-    async def one(cpv: str) -> BuildResult:
-        async with gate:
-            name = cpv.replace("/", "_")
-            return await build(profile, cpv, pkgdir, scratch / name, scratch / f"{name}.log",
-                               timeout_s=300)
+    def start(cpv: str) -> None:
+        name = cpv.replace("/", "_")
+        running[asyncio.create_task(build(profile, cpv, pkgdir, scratch / name,
+                                          scratch / f"{name}.log", timeout_s=300))] = cpv
 
-    while pending:
-        ready = [j for j in pending if set(j.deps) <= results.keys()]
-        assert ready, f"no job is ready: {[j.cpv for j in pending]}"
-        wave = await asyncio.gather(*(one(j.cpv) for j in ready))
-        for job, result in zip(ready, wave):
-            assert result.ok, f"{job.cpv}: {result.error}\n{result.log.read_text()[-3000:]}"
-            out = scratch / job.cpv.replace("/", "_") / "out"
-            dest = pkgdir / result.gpkg.relative_to(out)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(result.gpkg, dest)
-            results[job.cpv] = result
-        index_pkgdir(profile, pkgdir, scratch / "index")
-        pending = [j for j in pending if j.cpv not in results]
+    while pending or running:
+        for job in [j for j in pending if set(j.deps) <= results.keys()]:
+            if len(running) < parallel:
+                pending.remove(job)
+                start(job.cpv)
+        assert running, f"no job is ready: {[j.cpv for j in pending]}"
+        finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in finished:
+            cpv, result = running.pop(task), task.result()
+            assert result.ok, f"{cpv}: {result.error}\n{result.log.read_text()[-3000:]}"
+            add_to_pkgdir(pkgdir, result, scratch / cpv.replace("/", "_") / "out")
+            results[cpv] = result
     return results
 
 
@@ -136,6 +145,19 @@ def _group_alive(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             alive.append(int(entry))
     return alive
+
+
+def _processes_of(workdir: Path) -> list[int]:
+    """pids of processes (in any group) that run in workdir's portage environment."""
+    marker = f"PORTAGE_CONFIGROOT={workdir}/cfg".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker in Path(f"/proc/{entry}/environ").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def _pgids(log: Path) -> list[int]:
@@ -221,6 +243,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pgids = _pgids(result.log)
     assert pgids
     assert all(_group_alive(g) == [] for g in pgids)
+    assert _processes_of(tmp_path / "wd") == []
 
 
 @pytest.mark.slow
@@ -241,6 +264,7 @@ async def test_cancelling_a_build_kills_it(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert _group_alive(pgid) == []
+    assert _processes_of(tmp_path / "wd") == []
 
 
 @pytest.mark.slow

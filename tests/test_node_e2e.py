@@ -18,6 +18,7 @@ import pytest
 
 from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
 from swarmnode.portage.client import BinhostClient
+from swarmnode.store import ArtifactStore
 
 pytestmark = pytest.mark.slow
 
@@ -100,14 +101,18 @@ def test_a_separate_portage_client_installs_and_runs_a_program(node: NodeProc,
 
 
 def test_failing_package_is_explained_and_blocks_finalize(node: NodeProc) -> None:
-    proc = node.cli("fresh", "--profile", "desktop", "--wait", "app-misc/broken", timeout=600)
+    proc = node.cli("fresh", "--profile", "desktop", "--wait", "app-misc/broken-fan",
+                    timeout=600)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "app-misc/broken-1.0" in proc.stdout
+    cycle = node.get("/api/v1/status")["profiles"]["desktop"]["cycle"]
+    assert cycle["blocked"] == ["app-misc/broken-fan-1.0"]
+    assert [f["cpv"] for f in cycle["failed"]] == ["app-misc/broken-1.0"]
     logs = node.cli("logs", "app-misc/broken-1.0", "--profile", "desktop")
     assert logs.returncode == 0 and "error" in logs.stdout.lower()
     verify = node.cli("verify", "--profile", "desktop")
     assert verify.returncode == 1
-    assert "app-misc/broken-1.0" in verify.stdout
+    assert "app-misc/broken-1.0" in verify.stdout and "broken-fan" in verify.stdout
     refused = node.cli("finalize", "--profile", "desktop")
     assert refused.returncode == 1
     assert refused.stderr.startswith("swarmnode: error: refusing to finalize")
@@ -178,7 +183,11 @@ def test_truncated_artifact_is_detected_and_never_served(node: NodeProc) -> None
     sha.write_bytes(data[: len(data) // 2])
     status, body = node.http("GET", "/binhost/desktop/" + entry["PATH"])
     assert status >= 400 and len(body) != len(data)
-    sha.write_bytes(data)  # restore for the following tests
+    assert not sha.exists(), "the corrupt object is quarantined"
+    assert list((node.data_dir / "store" / "quarantine").iterdir())
+    status, _ = node.http("GET", "/binhost/desktop/" + entry["PATH"])
+    assert status >= 400, "still not served: the store no longer has it"
+    ArtifactStore(node.data_dir / "store").put_bytes(data)  # what a peer re-fetch does
     status, body = node.http("GET", "/binhost/desktop/" + entry["PATH"])
     assert status == 200 and body == data
 

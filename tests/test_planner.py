@@ -217,6 +217,16 @@ def test_use_change_rebuilds_exactly_the_affected_packages(release: ExampleRelea
                    release_pkgdir=release.pkgdir)
     assert [(j.cpv, j.use, j.reason) for j in changed.jobs] == [
         ("app-misc/report-1.0", (), "USE changed: -csv")]
-    # Without csv nothing needs libparse any more: neither built nor kept.
-    assert set(changed.reused) == DESKTOP_CLOSURE - {"app-misc/report-1.0",
-                                                     "dev-libs/libparse-1.0"}
+    assert set(changed.reused) == DESKTOP_CLOSURE - {"app-misc/report-1.0"}
+
+
+@pytest.mark.slow
+def test_changed_dependencies_rebuild_the_package(release: ExampleRelease, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo)
+    ebuild = repo / "app-misc" / "motd" / "motd-1.0.ebuild"
+    ebuild.write_text(ebuild.read_text() + '\nRDEPEND="dev-libs/libcore"\n')  # no revision bump
+    changed = plan(example_profile("desktop", repo=repo), ["@world"], tmp_path / "plan",
+                   release_pkgdir=release.pkgdir)
+    assert [(j.cpv, j.reason) for j in changed.jobs] == [
+        ("app-misc/motd-1.0", "dependencies changed")]

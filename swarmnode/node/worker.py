@@ -41,6 +41,7 @@ class Worker:
         self.cfg = node.config
         self.running: dict[int, RunningBuild] = {}
         self.paused = False
+        self._slot_freed = asyncio.Event()
 
     # -- claiming ----------------------------------------------------------------------------
     def free_cores(self) -> int:
@@ -68,14 +69,27 @@ class Worker:
                     self._start(job, result["lease"])
             except Exception:  # keep the worker alive; the error is logged with its cause
                 log.exception("worker: claiming failed")
-            await self.node.log.wait_changed(self.cfg.build.poll_s)
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Wait until the state changes, a build slot frees up, or poll_s passes."""
+        freed = asyncio.create_task(self._slot_freed.wait())
+        changed = asyncio.create_task(self.node.log.wait_changed(self.cfg.build.poll_s))
+        await asyncio.wait({freed, changed}, return_when=asyncio.FIRST_COMPLETED)
+        freed.cancel()
+        changed.cancel()
+        self._slot_freed.clear()
 
     def _start(self, job: dict[str, Any], lease: dict[str, Any]) -> None:
         fence = int(lease["fence"])
         task = asyncio.create_task(self._run_job(job, lease), name=f"build {job['cpv']}")
         self.running[fence] = RunningBuild(job["cycle_id"], job["cpv"], fence,
                                            int(lease["cores"]), task)
-        task.add_done_callback(lambda _t: self.running.pop(fence, None))
+        task.add_done_callback(lambda _t: self._finished(fence))
+
+    def _finished(self, fence: int) -> None:
+        self.running.pop(fence, None)
+        self._slot_freed.set()
 
     # -- one build ---------------------------------------------------------------------------
     async def _run_job(self, job: dict[str, Any], lease: dict[str, Any]) -> None:

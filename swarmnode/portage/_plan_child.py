@@ -50,7 +50,7 @@ def _resolve(targets: list[str], usepkg: bool) -> dict[str, Any]:
     emerge_config = load_emerge_config(action=action, args=files, opts=opts)
     settings, trees, _mtimedb = emerge_config
     if profile_check(trees, action) != os.EX_OK:
-        return {"ok": False, "error": "the portage profile is invalid"}
+        return {"ok": False, "error": "", "context": "the portage profile is invalid"}
     sets = emerge_config.target_config.setconfig.getSets()
     unknown = [t for t in files if t.startswith("@") and t[1:] not in sets]
     if unknown:
@@ -197,10 +197,12 @@ def main() -> int:
             result = {"ok": False, "error": "", "traceback": traceback.format_exc()}
         sys.stdout.flush()
         sys.stderr.flush()
-        if not result["ok"]:
+        if not result["ok"] and not result["error"]:
             capture.seek(0)
-            output = capture.read().decode("utf-8", "replace")
-            result["error"] = result["error"] or _relevant(output) or "dependency resolution failed"
+            output = _relevant(capture.read().decode("utf-8", "replace"))
+            context = result.pop("context", "")
+            result["error"] = "\n".join(filter(None, [context, output])) or \
+                "dependency resolution failed"
     with os.fdopen(result_fd, "w") as out:
         json.dump(result, out)
     return 0

@@ -120,9 +120,13 @@ async def _run(argv: list[str], environ: dict[str, str], log_path: Path, title: 
     """Run argv in a new session, output appended to log_path; kill its group on timeout."""
     _append(log_path, f"=== swarmnode: phase {title}: {' '.join(argv[1:])} ===\n")
     with open(log_path, "ab") as log:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=log,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            _append(log_path, f"=== swarmnode: cannot run {argv[1]}: {exc} ===\n")
+            return 127
     # The process group id, so a hung build can be found (and checked for leftovers).
     _append(log_path, f"=== swarmnode: pgid {proc.pid} ===\n")
     try:

@@ -13,7 +13,6 @@ environment this module lays out. The layout follows docs/portage-on-debian.md:
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -138,9 +137,7 @@ class PortageEnv:
             elif entry.is_file():
                 shutil.copy2(entry, self.etc_portage / entry.name)
         (self.etc_portage / "make.conf").write_text(
-            "# defaults (the profile's make.conf below may change them)\n"
-            'ACCEPT_LICENSE="*"\n\n'
-            f"# --- {self.profile.name}: {src}/make.conf ---\n{user_make_conf}\n\n"
+            f"# --- profile {self.profile.name}: {src}/make.conf ---\n{user_make_conf}\n\n"
             + self._generated_make_conf())
         self._write_repos_conf()
         main = self.profile.main_repository / "profiles" / self.profile.portage_profile
@@ -230,12 +227,3 @@ class PortageEnv:
     def emerge(self, *args: str) -> list[str]:
         """argv running this installation's emerge with the same interpreter as swarmnode."""
         return [sys.executable, str(venv_bin() / "emerge"), *args]
-
-    def describe(self) -> str:
-        """One line for logs: which profile, where."""
-        return f"profile {self.profile.name} in {self.workdir} (PKGDIR {self.pkgdir})"
-
-
-def shell_env(env: dict[str, str]) -> str:
-    """The environment as `export` lines, for reproducing a build by hand from a log."""
-    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))

@@ -1,0 +1,24 @@
+# Copyright 2024 swarmnode authors
+# Distributed under the terms of the MIT license
+
+EAPI=8
+
+DESCRIPTION="Depends on app-misc/broken: blocked whenever broken fails (failure paths)"
+HOMEPAGE="https://example.invalid/swarmnode"
+S="${WORKDIR}"
+
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+RESTRICT="mirror"
+
+DEPEND="app-misc/broken"
+RDEPEND="${DEPEND}"
+
+src_compile() {
+	printf '#!/bin/sh\nexec broken "$@"\n' > broken-fan || die
+}
+
+src_install() {
+	dobin broken-fan
+}
