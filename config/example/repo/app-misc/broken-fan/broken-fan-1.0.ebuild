@@ -5,7 +5,7 @@ EAPI=8
 
 DESCRIPTION="Depends on app-misc/broken: blocked whenever broken fails (failure paths)"
 HOMEPAGE="https://example.invalid/swarmnode"
-S="${WORKDIR}"
+SRC_URI="${P}.tar.gz"
 
 LICENSE="MIT"
 SLOT="0"
@@ -16,9 +16,9 @@ DEPEND="app-misc/broken"
 RDEPEND="${DEPEND}"
 
 src_compile() {
-	printf '#!/bin/sh\nexec broken "$@"\n' > broken-fan || die
+	emake CC="${CC:-gcc}"
 }
 
 src_install() {
-	dobin broken-fan
+	emake DESTDIR="${D}" PREFIX="${EPREFIX}/usr" install
 }
