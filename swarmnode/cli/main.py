@@ -189,12 +189,11 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            typer.echo(f"swarmnode: error: {exc.format_message()}", err=True)
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors from typer's click, and anything unexpected
+        format_message = getattr(exc, "format_message", None)
+        if callable(format_message):
+            typer.echo(f"swarmnode: error: {format_message()} (see --help)", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
         if os.environ.get("SWARMNODE_DEBUG"):
             raise
         typer.echo(f"swarmnode: internal error: {exc!r} (set SWARMNODE_DEBUG=1 for a traceback)",
