@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from portage.versions import catpkgsplit
@@ -49,6 +50,11 @@ class PackageRef:
     build_id: int
     sha256: str
     size: int
+
+    @classmethod
+    def of(cls, artifact: Any) -> PackageRef:
+        """From a state Artifact record (anything with cpv, build_id, sha256 and size)."""
+        return cls(artifact.cpv, artifact.build_id, artifact.sha256, artifact.size)
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,11 @@ class Binhost:
             with self._cache_lock:
                 self._entries[key] = cached
         return dict(cached, PATH=relpath)
+
+    def entries(self, packages: list[PackageRef]) -> list[dict[str, str]]:
+        """Packages-index entries (cached) for packages in the store, e.g. to check a
+        release candidate's dependencies. Raises MissingArtifact/CorruptArtifact."""
+        return [self._entry(ref, package_relpath(ref.cpv, ref.build_id)) for ref in packages]
 
     def _verified_sources(self, packages: list[PackageRef] | tuple[PackageRef, ...]
                           ) -> list[tuple[PackageRef, str, Path]]:

@@ -72,5 +72,5 @@ def test_full_versions_are_accepted(cpv: str) -> None:
 @pytest.mark.parametrize("cpv", ["app-misc/foo", "foo-1.0", "=app-misc/foo-1.0",
                                  "app-misc/foo-1.0::repo", "a/b/c-1.0", " app-misc/foo-1.0", ""])
 def test_anything_else_is_not_a_package_version(cpv: str) -> None:
-    with pytest.raises(UserError, match="invalid package version .* expected e.g. app-misc/foo-1.0"):
+    with pytest.raises(UserError, match="invalid package version .*: expected e.g. app-misc/foo"):
         validate_cpv(cpv)

@@ -216,10 +216,13 @@ async def test_compile_failure_is_reported_with_the_compiler_error(tmp_path: Pat
     result = await build(profile, "app-misc/broken-1.0", tmp_path / "staging", tmp_path / "wd",
                          tmp_path / "build.log")
     assert not result.ok and result.gpkg is None
-    assert result.error.startswith("app-misc/broken-1.0::swarm-example failed (compile phase)")
-    assert "\n" not in result.error
+    # One line: portage's verdict and the compiler's first error.
+    assert result.error.startswith("app-misc/broken-1.0::swarm-example failed (compile phase): "
+                                   "broken.c:6:24: error: ")
+    assert "greeting_that_was_never_declared" in result.error and "\n" not in result.error
     log = result.log.read_text()
-    assert "error:" in log  # gcc's diagnostic is in the log
+    assert "undeclared (first use in this function)" in log  # gcc's diagnostic is in the log
+    assert "\x1b[" not in log  # without colour escapes
     assert "=== swarmnode: phase 2/2 build" in log
 
 

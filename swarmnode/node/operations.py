@@ -12,6 +12,7 @@ from typing import Any
 
 from portage.dep import Atom, match_from_list
 
+from swarmnode.binhost import PackageRef
 from swarmnode.errors import UserError
 from swarmnode.node.commands import command
 from swarmnode.node.runtime import Node
@@ -77,17 +78,13 @@ def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
     failed = sorted(c for c, j in cycle.jobs.items() if j.state == "failed")
     blocked = sorted(c for c, j in cycle.jobs.items() if j.state == "blocked")
     pending = sorted(c for c, j in cycle.jobs.items() if j.state in ("planned", "ready", "leased"))
-    artifacts = list(cycle.reused.values()) + [j.artifact for j in cycle.jobs.values()
-                                               if j.artifact is not None]
-    entries = []
-    missing = []
+    artifacts = cycle.artifacts()
+    entries, missing = [], []
     for a in artifacts:
         try:
-            path = node.store.path(a.sha256)
+            entries += node.binhost.entries([PackageRef.of(a)])
         except UserError:
             missing.append(a.cpv)
-            continue
-        entries.append(index.index_entry(path, a.cpv, a.build_id, ""))
     unmet = index.unmet_runtime_deps(entries)
     critical = _critical(profile.critical, failed + blocked)
     score, reasons = risk_score(failed, blocked, unmet, critical)

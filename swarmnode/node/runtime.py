@@ -101,6 +101,7 @@ class Node:
         await asyncio.gather(*self._tasks, *(b.task for b in self.worker.running.values()),
                              return_exceptions=True)
         self.log.close()
+        signing.stop_gpg_agent(self.paths.gpg)  # portage's signing started one for our key
 
     # -- the leader's maintenance: expire leases, cool down breakers --------------------------
     async def _maintenance(self) -> None:
@@ -138,8 +139,8 @@ class Node:
                 release = state.release(prod.release_id)
                 if release is None:
                     continue
-                refs = tuple(PackageRef(a.cpv, a.build_id, a.sha256, a.size)
-                             for a in sorted(release.packages.values(), key=lambda a: a.cpv))
+                refs = tuple(PackageRef.of(release.packages[cpv])
+                             for cpv in sorted(release.packages))
                 self.binhost.publish(profile, Publication(prod.release_id, prod.timestamp, refs))
                 log.info("binhost %s now serves release %s (TIMESTAMP %d)", profile,
                          prod.release_id, prod.timestamp)

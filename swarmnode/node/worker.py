@@ -126,11 +126,7 @@ class Worker:
     def _staging(self, job: dict[str, Any], directory: Path) -> Path:
         """A PKGDIR with every package the cycle has so far: what dependencies install from."""
         cycle = self.node.log.state.cycle(job["cycle_id"])
-        refs = []
-        if cycle is not None:
-            artifacts = list(cycle.reused.values())
-            artifacts += [j.artifact for j in cycle.jobs.values() if j.artifact is not None]
-            refs = [PackageRef(a.cpv, a.build_id, a.sha256, a.size) for a in artifacts]
+        refs = [PackageRef.of(a) for a in cycle.artifacts()] if cycle is not None else []
         return self.node.binhost.staging(job["profile"], refs, directory)
 
     async def _heartbeat(self, fence: int, build: asyncio.Task[Any]) -> None:

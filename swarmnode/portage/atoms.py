@@ -88,9 +88,9 @@ def validate_targets(targets: list[str], extra_sets: Iterable[str] = ()) -> list
 
 def validate_cpv(cpv: str) -> str:
     """A full package version "cat/pn-ver[-rN]" (what a job builds), else UserError."""
-    if not isinstance(cpv, str) or len(cpv) > MAX_TARGET_LEN:
-        raise UserError(f"invalid package version {str(cpv)[:60]!r}: expected e.g. app-misc/foo-1.0")
-    parts = catpkgsplit(cpv) if "/" in cpv else None
+    ok = isinstance(cpv, str) and len(cpv) <= MAX_TARGET_LEN and "/" in cpv
+    parts = catpkgsplit(cpv) if ok else None
     if parts is None or parts[0] == "null" or cpv != cpv.strip():
-        raise UserError(f"invalid package version {cpv!r}: expected e.g. app-misc/foo-1.0")
+        shown = str(cpv)[:60]
+        raise UserError(f"invalid package version {shown!r}: expected e.g. app-misc/foo-1.0")
     return cpv

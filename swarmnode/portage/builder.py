@@ -26,6 +26,8 @@ KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a build's process group
 
 _ERROR_LINE = re.compile(r"^\s*(?:\* )?ERROR: (\S+) failed \(([\w ]+) phase\)")
 _DIE_LINE = re.compile(r"^\s*\*\s+(\S.*)$")
+_COMPILER_ERROR = re.compile(r"\berror(\[\w+\])?: ")  # gcc/clang/rustc diagnostics
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass(frozen=True)
@@ -205,11 +207,15 @@ def _summarise(log_path: Path, offset: int, title: str, rc: int) -> str:
         m = _ERROR_LINE.match(line)
         if m:
             reason = f"{m.group(1)} failed ({m.group(2)} phase)"
-            for follow in lines[i + 1:i + 4]:
-                d = _DIE_LINE.match(follow)
-                if d and not d.group(1).startswith(("Call stack", "ebuild.sh")):
-                    return f"{reason}: {d.group(1).strip()}"
-            return reason
+            # The compiler's first error says more than ebuild's "emake failed".
+            detail = next((_ANSI.sub("", ln).strip() for ln in lines[:i]
+                           if _COMPILER_ERROR.search(ln) and not ln.lstrip().startswith("*")),
+                          None)
+            if detail is None:
+                detail = next((d.group(1).strip() for d in map(_DIE_LINE.match, lines[i + 1:i + 4])
+                               if d and not d.group(1).startswith(("Call stack", "ebuild.sh"))),
+                              None)
+            return f"{reason}: {detail[:200]}" if detail else reason
     for line in lines:
         if "there are no binary packages to satisfy" in line or "there are no ebuilds" in line:
             return f"phase {title}: {line.strip()}"

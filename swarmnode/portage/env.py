@@ -161,6 +161,7 @@ class PortageEnv:
             f'CXXFLAGS="${{CXXFLAGS}} {inc}"',
             f'LDFLAGS="${{LDFLAGS}} {lib}"',
             f'MAKEOPTS="-j{self.cores} -l{self.cores}"',
+            'GCC_COLORS=""',  # portage builds on a pty: keep escape codes out of the logs
         ]
         for key, value in sorted(self.signing_env.items()):
             if key == "FEATURES":  # incremental: add to ours, never replace them

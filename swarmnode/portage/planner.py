@@ -33,6 +33,9 @@ from swarmnode.portage.env import PortageEnv
 
 @dataclass(frozen=True)
 class JobSpec:
+    """One package to build; deps are what building it needs installed (DEPEND, BDEPEND,
+    IDEPEND and their runtime deps), restricted to other jobs of the plan."""
+
     cpv: str
     slot: str
     subslot: str
@@ -54,6 +57,9 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class Plan:
+    """What a cycle builds. A job's builder installs its deps from a staging PKGDIR, so staging
+    must hold the reused binaries plus every job built so far (deps name jobs only)."""
+
     jobs: tuple[JobSpec, ...]  # in a valid build order (portage's merge order)
     reused: tuple[str, ...]  # cpvs from the current release kept as they are
     tree_version: str

@@ -215,6 +215,12 @@ class Cycle(_Record):
         """No job left to build or in flight (failed/blocked jobs do not keep a cycle open)."""
         return self.unfinished == 0
 
+    def artifacts(self) -> list[Artifact]:
+        """Everything this cycle has so far: reused packages plus built jobs, cpv order."""
+        found = dict(self.reused)
+        found.update((cpv, j.artifact) for cpv, j in self.jobs.items() if j.artifact is not None)
+        return [found[cpv] for cpv in sorted(found)]
+
 
 @dataclass
 class Release(_Record):
