@@ -36,7 +36,7 @@ from portage.versions import catpkgsplit
 
 from swarmnode.errors import UserError
 from swarmnode.portage.index import index_entry, write_packages_index
-from swarmnode.store import ArtifactStore, MissingArtifact, check_sha256
+from swarmnode.store import ArtifactStore, MissingArtifact, check_sha256, fsync_dir
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 MANIFEST = ".release.json"
@@ -79,14 +79,6 @@ def package_relpath(cpv: str, build_id: int) -> str:
         raise UserError(f"invalid BUILD_ID {build_id!r} for {cpv}: expected an integer >= 1")
     cat, pn = split[0], split[1]
     return f"{cat}/{pn}/{cpv.split('/', 1)[1]}-{build_id}.gpkg.tar"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -221,7 +213,7 @@ class Binhost:
                     if final.exists():  # an incomplete dir cannot exist here; be safe
                         shutil.rmtree(final)
                     os.rename(tmp, final)
-                    _fsync_dir(pdir)
+                    fsync_dir(pdir)
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
@@ -237,7 +229,7 @@ class Binhost:
         tmp.unlink(missing_ok=True)
         os.symlink(target, tmp)
         os.replace(tmp, link)
-        _fsync_dir(self.current_links)
+        fsync_dir(self.current_links)
 
     # -- what is served ------------------------------------------------------------------
 

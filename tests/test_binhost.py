@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from binpkg_fixture import APP_CPV, LIB_CPV, Binpkgs, binpkgs  # noqa: F401 (fixture)
+from binpkg_fixture import APP_CPV, LIB_CPV, Binpkgs
 from portage.getbinpkg import PackageIndex
 
 from swarmnode.binhost import Binhost, PackageRef, Publication, package_relpath

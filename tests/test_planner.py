@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_builder import REPO, ExampleRelease, example_profile, example_release
+from example_build import REPO, ExampleRelease, example_profile
 
 from swarmnode.errors import UserError
 from swarmnode.portage.env import PortageEnv, venv_bin
@@ -25,11 +25,6 @@ DESKTOP_CLOSURE = {
     "app-misc/greeter-1.0", "app-misc/motd-1.0", "app-misc/report-1.0",
     "app-misc/report-plugins-1.0", "app-misc/welcome-1.0",
 }
-
-
-@pytest.fixture(scope="session")
-def release(tmp_path_factory: pytest.TempPathFactory) -> ExampleRelease:
-    return example_release(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from binpkg_fixture import (  # noqa: F401 (fixture)
-    APP_CPV, GREETING, LIB_CPV, Binpkgs, binpkgs, emerge, portage_env)
+from binpkg_fixture import APP_CPV, GREETING, LIB_CPV, Binpkgs, emerge, portage_env
 
 from swarmnode.binhost import Binhost, PackageRef, Publication
 from swarmnode.errors import UserError
