@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
+from swarmnode.portage.builder import leftover_build_processes
 from swarmnode.portage.client import BinhostClient
 from swarmnode.store import ArtifactStore
 
@@ -145,6 +146,24 @@ def test_subslot_bump_rebuilds_exactly_the_library_and_its_slot_operator_users(
     assert done.returncode == 1 and "still running" in done.stderr
     wait_for(lambda: node.get(f"/api/v1/cycles/{result['cycle_id']}")["finished"], 600,
              "the sub-slot cycle to finish")
+    node.cli_json("finalize", "--profile", "desktop")
+    assert "dev-libs/libgreet-1.0-r1" in packages_index(node)
+
+
+def test_node_killed_mid_build_restarts_and_the_cycle_completes(node: NodeProc) -> None:
+    pkg: Path = node.repo / "app-misc/bigtable"  # type: ignore[attr-defined]
+    (pkg / "bigtable-1.0-r1.ebuild").write_text((pkg / "bigtable-1.0.ebuild").read_text())
+    started = node.cli_json("fresh", "--profile", "desktop")
+    assert [j["cpv"] for j in started["jobs"]] == ["app-misc/bigtable-1.0-r1"]
+    wait_for(lambda: node.get("/api/v1/status")["node"]["building"], 120, "the build to start")
+    node.kill9()
+    assert leftover_build_processes(node.data_dir / "builds"), "the build outlives its node"
+    node.start()
+    assert not leftover_build_processes(node.data_dir / "builds"), "restart kills it"
+    cycle = wait_for(lambda: (c := node.get(f"/api/v1/cycles/{started['cycle_id']}"))["finished"]
+                     and c, 600, "the cycle to finish after the restart")
+    job = cycle["jobs"]["app-misc/bigtable-1.0-r1"]
+    assert job["state"] == "built" and job["attempts"] >= 2, job  # expired once, then built
 
 
 def test_bad_input_gets_a_clear_error_and_changes_nothing(node: NodeProc) -> None:

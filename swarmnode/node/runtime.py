@@ -15,7 +15,7 @@ from swarmnode.config import Config
 from swarmnode.consensus.local import LocalLog
 from swarmnode.node.commands import command
 from swarmnode.node.worker import Worker
-from swarmnode.portage import signing
+from swarmnode.portage import builder, signing
 from swarmnode.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,12 @@ class Node:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.binhost.recover()
-        shutil.rmtree(self.paths.builds, ignore_errors=True)  # builds of a previous life
+        # Builds of a previous life (killed with -9) may still run: stop them, wipe their roots.
+        # Their leases expire and the jobs are built again.
+        killed = await asyncio.to_thread(builder.kill_leftover_builds, self.paths.builds)
+        if killed:
+            log.warning("killed %d processes of builds left from before a restart", killed)
+        shutil.rmtree(self.paths.builds, ignore_errors=True)
         self.paths.builds.mkdir(parents=True)
         cfg = self.config
         await self.submit(command(

@@ -40,7 +40,6 @@ class Worker:
         self.node = node
         self.cfg = node.config
         self.running: dict[int, RunningBuild] = {}
-        self.paused = False
         self._slot_freed = asyncio.Event()
 
     # -- claiming ----------------------------------------------------------------------------
@@ -49,12 +48,16 @@ class Worker:
         return max(0, self.cfg.node.cores - used)
 
     def can_claim(self) -> bool:
-        if self.paused or len(self.running) >= self.cfg.build.max_parallel_jobs:
+        """Worth proposing a claim: a free build slot, free cores, and a ready job."""
+        if len(self.running) >= self.cfg.build.max_parallel_jobs:
             return False
         if self.free_cores() < 1:
             return False
+        # Only ask the log when a job of ours is ready: a refused claim still costs a
+        # replicated command. The state machine makes the real decision.
         state = self.node.log.state
-        return any(c.profile in self.cfg.profiles for c in state.active_cycles())
+        return any(c.profile in self.cfg.profiles and c.ready > 0
+                   for c in state.active_cycles())
 
     async def run(self) -> None:
         while True:

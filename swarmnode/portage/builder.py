@@ -198,6 +198,39 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def leftover_build_processes(builds_root: Path) -> list[int]:
+    """pids of build processes running under builds_root, found by their environment.
+
+    Builds run in sessions of their own (so a timeout can kill the whole group), which also
+    means they outlive a node killed with SIGKILL. A restarted node kills these before it wipes
+    its build roots; each process's PORTAGE_CONFIGROOT says which build root it belongs to.
+    """
+    marker = f"PORTAGE_CONFIGROOT={Path(builds_root).resolve()}/".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if any(var.startswith(marker) for var in environ.split(b"\0")):
+            found.append(int(entry))
+    return found
+
+
+def kill_leftover_builds(builds_root: Path) -> int:
+    """SIGKILL every process of a build under builds_root; returns how many were killed."""
+    killed = 0
+    for pid in leftover_build_processes(builds_root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed
+
+
 def _summarise(log_path: Path, offset: int, title: str, rc: int) -> str:
     """One line saying why a phase failed, from that phase's part of the log."""
     with open(log_path, "rb") as f:
