@@ -152,7 +152,9 @@ max_parallel_jobs = 2
         return json.loads(proc.stdout)
 
     def get(self, path: str) -> Any:
-        return json.loads(urllib.request.urlopen(self.url + path, timeout=30).read())
+        status, body = self.http("GET", path)
+        assert status == 200, f"GET {path}: {status} {body[:500]!r}\n{self.log_tail()}"
+        return json.loads(body)
 
     def http(self, method: str, path: str, body: bytes | None = None,
              secret: str | None = None) -> tuple[int, bytes]:

@@ -20,6 +20,7 @@ import pytest
 
 from swarmnode.config import ProfileConfig
 from swarmnode.portage.builder import build
+from swarmnode.portage.index import read_gpkg_metadata
 
 from example_build import REPO, ExampleRelease, example_profile
 
@@ -178,7 +179,7 @@ async def test_cancelling_a_build_kills_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_signing_env_signs_the_gpkg(tmp_path: Path) -> None:
+async def test_signed_gpkg_carries_the_swarms_build_id(tmp_path: Path) -> None:
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     gpg = ["gpg", "--homedir", str(home), "--batch"]
@@ -191,14 +192,16 @@ async def test_signing_env_signs_the_gpkg(tmp_path: Path) -> None:
     try:
         result = await build(example_profile("desktop"), "dev-libs/libcore-1.0",
                              tmp_path / "staging", tmp_path / "wd", tmp_path / "build.log",
-                             signing_env=signing)
+                             signing_env=signing, build_id=7)
     finally:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
     assert result.ok, result.error
+    assert result.gpkg is not None and result.gpkg.name == "libcore-1.0-7.gpkg.tar"
+    assert read_gpkg_metadata(result.gpkg)["BUILD_ID"] == "7"  # what clients record
     with tarfile.open(result.gpkg) as tar:
         names = tar.getnames()
-        manifest = tar.extractfile("libcore-1.0-1/Manifest").read()  # type: ignore[union-attr]
-    assert "libcore-1.0-1/image.tar.zst.sig" in names
+        manifest = tar.extractfile("libcore-1.0-7/Manifest").read()  # type: ignore[union-attr]
+    assert "libcore-1.0-7/image.tar.zst.sig" in names
     assert b"-----BEGIN PGP SIGNATURE-----" in manifest
     verify = subprocess.run([*gpg, "--verify"], input=manifest, capture_output=True)
     assert verify.returncode == 0, verify.stderr

@@ -19,6 +19,7 @@ import pytest
 from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
 from swarmnode.portage.builder import leftover_build_processes
 from swarmnode.portage.client import BinhostClient
+from swarmnode.portage.index import read_gpkg_metadata
 from swarmnode.store import ArtifactStore
 
 pytestmark = pytest.mark.slow
@@ -164,6 +165,10 @@ def test_node_killed_mid_build_restarts_and_the_cycle_completes(node: NodeProc) 
                      and c, 600, "the cycle to finish after the restart")
     job = cycle["jobs"]["app-misc/bigtable-1.0-r1"]
     assert job["state"] == "built" and job["attempts"] >= 2, job  # expired once, then built
+    # The burnt lease's BUILD_ID is never reused; the package carries the one the state chose.
+    assert job["artifact"]["build_id"] >= 2
+    gpkg = ArtifactStore(node.data_dir / "store").path(job["artifact"]["sha256"])
+    assert read_gpkg_metadata(gpkg)["BUILD_ID"] == str(job["artifact"]["build_id"])
 
 
 def test_bad_input_gets_a_clear_error_and_changes_nothing(node: NodeProc) -> None:

@@ -117,6 +117,24 @@ def test_full_lifecycle_through_finalize() -> None:
     assert ids == {"a/x-1": 2, "b/keep-1": 4}
 
 
+def test_build_id_is_allocated_with_the_lease_and_never_reused() -> None:
+    """The builder stamps the lease's BUILD_ID into the binpkg, so it is known at claim time;
+    an expired lease's id is burnt, never handed out twice."""
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.cycle("c1", {"a/x-1": []})
+    first = w.claim("n1", ttl=5)
+    assert first["lease"]["build_id"] == 1
+    w.ts += 10
+    w.ok("expire")
+    second = w.claim("n2")
+    assert second["lease"]["build_id"] == 2
+    assert w.finish("n1", first)["stale"]
+    assert w.finish("n2", second)["build_id"] == 2
+    assert w.job("a/x-1").artifact.build_id == 2
+
+
 def test_empty_cycle_is_complete_and_finalizes() -> None:
     w = Swarm()
     res = w.cycle("c1", {}, reused=[reused_art("b/keep-1")])

@@ -21,9 +21,9 @@ async def _serve(config: Config) -> None:
     app = create_app(node)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    await node.start()  # the API answers only once the node is ready
     site = web.TCPSite(runner, config.node.listen_host, config.node.listen_port)
     await site.start()
-    await node.start()
     log.info("node %s serving on http://%s:%d (cluster %s, profiles %s)", config.node.node_id,
              config.node.listen_host, config.node.listen_port, config.cluster.name,
              ", ".join(config.profiles))

@@ -66,6 +66,9 @@ def status(data: dict[str, Any]) -> None:
                            for s, n in sorted((cycle or {}).get("counts", {}).items()) if n)
         table.add_row(name, serving, cycle["id"] if cycle else "-", counts or "-")
     console.print(table)
+    for name, prof in data["profiles"].items():
+        if prof.get("publish_error"):
+            console.print(f"  [red]binhost {name} not updated:[/] {prof['publish_error']}")
     for build in node["building"]:
         console.print(f"  building [cyan]{build['cpv']}[/] on {build['cores']} cores "
                       f"(lease {build['lease']})")
@@ -84,6 +87,9 @@ def finalized(result: dict[str, Any]) -> None:
     console.print(f"[green]published[/] release [bold]{result['release_id']}[/] for "
                   f"{result['profile']} (TIMESTAMP {result['timestamp']}, risk "
                   f"{result['risk']['score']})")
+    if result.get("publish_error"):
+        console.print(f"[red]this node's binhost still serves the previous release:[/] "
+                      f"{result['publish_error']}")
 
 
 def rolled_back(result: dict[str, Any]) -> None:

@@ -116,7 +116,8 @@ async def finalize(node: Node, profile_name: str | None, force: bool) -> dict[st
                                            force=force)))
     await asyncio.to_thread(node.reconcile_binhost)
     return {"release_id": release_id, "profile": profile, "risk": report,
-            "timestamp": node.log.state.production(profile).timestamp, "result": result}
+            "timestamp": node.log.state.production(profile).timestamp, "result": result,
+            "publish_error": node.publish_errors.get(profile)}
 
 
 async def rollback(node: Node, profile_name: str | None, release_id: str | None) -> dict[str, Any]:
@@ -167,6 +168,7 @@ def status(node: Node) -> dict[str, Any]:
             "production": {"release_id": prod.release_id, "timestamp": prod.timestamp}
             if prod else None,
             "serving": {"release_id": served[0], "timestamp": served[1]} if served else None,
+            "publish_error": node.publish_errors.get(name),
             "cycle": summary["profiles"].get(name, {}).get("cycle"),
         }
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class Node:
         self.started = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self.publish_errors: dict[str, str] = {}
+        self._reconcile_lock = threading.Lock()  # finalize and the publisher loop both call it
 
     async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return await self.log.submit(cmd)
@@ -126,28 +128,36 @@ class Node:
     # -- make the binhost serve what the state says is in production -------------------------
     async def _publisher(self) -> None:
         while True:
-            try:
-                await asyncio.to_thread(self.reconcile_binhost)
-            except Exception as exc:  # logged; retried on the next state change
-                log.exception("publishing the binhost failed")
-                self.publish_errors["*"] = str(exc)
+            await asyncio.to_thread(self.reconcile_binhost)
             await self.log.wait_changed(5.0)
 
     def reconcile_binhost(self) -> None:
-        """Publish every profile's production release locally and prune retired ones."""
+        """Publish every profile's production release locally and prune retired ones.
+
+        A profile that cannot be published (e.g. an artifact missing from the store) keeps
+        serving its previous release; the error is shown by `status` and retried.
+        """
+        with self._reconcile_lock:
+            for profile in self.config.profiles:
+                try:
+                    self._reconcile_profile(profile)
+                    self.publish_errors.pop(profile, None)
+                except Exception as exc:  # logged, shown in status, retried on the next change
+                    if self.publish_errors.get(profile) != str(exc):
+                        log.error("publishing binhost %s failed: %s", profile, exc)
+                    self.publish_errors[profile] = str(exc)
+
+    def _reconcile_profile(self, profile: str) -> None:
         state = self.log.state
-        for profile in self.config.profiles:
-            prod = state.production(profile)
-            if prod is None:
-                continue
-            if self.binhost.current(profile) != (prod.release_id, prod.timestamp):
-                release = state.release(prod.release_id)
-                if release is None:
-                    continue
-                refs = tuple(PackageRef.of(release.packages[cpv])
-                             for cpv in sorted(release.packages))
-                self.binhost.publish(profile, Publication(prod.release_id, prod.timestamp, refs))
-                log.info("binhost %s now serves release %s (TIMESTAMP %d)", profile,
-                         prod.release_id, prod.timestamp)
-            self.binhost.prune(profile, {r.id for r in state.releases(profile)})
-            self.publish_errors.pop(profile, None)
+        prod = state.production(profile)
+        if prod is None:
+            return
+        if self.binhost.current(profile) != (prod.release_id, prod.timestamp):
+            release = state.release(prod.release_id)
+            if release is None:
+                return
+            refs = tuple(PackageRef.of(release.packages[cpv]) for cpv in sorted(release.packages))
+            self.binhost.publish(profile, Publication(prod.release_id, prod.timestamp, refs))
+            log.info("binhost %s now serves release %s (TIMESTAMP %d)", profile,
+                     prod.release_id, prod.timestamp)
+        self.binhost.prune(profile, {r.id for r in state.releases(profile)})

@@ -124,7 +124,8 @@ class Worker:
         staging = await asyncio.to_thread(self._staging, job, workdir / "staging")
         return await builder.build(profile, job["cpv"], staging, workdir / "env", log_path,
                                    cores=int(lease["cores"]), timeout_s=self.cfg.build.timeout_s,
-                                   signing_env=self.node.signing_env)
+                                   signing_env=self.node.signing_env,
+                                   build_id=int(lease["build_id"]))
 
     def _staging(self, job: dict[str, Any], directory: Path) -> Path:
         """A PKGDIR with every package the cycle has so far: what dependencies install from."""

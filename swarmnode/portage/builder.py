@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,12 @@ def _add_binary_only_guard(env: PortageEnv) -> None:
 
 async def build(profile: ProfileConfig, cpv: str, staging_pkgdir: Path, workdir: Path,
                 log_path: Path, cores: int = 1, timeout_s: float = 3600,
-                signing_env: dict[str, str] | None = None) -> BuildResult:
+                signing_env: dict[str, str] | None = None,
+                build_id: int | None = None) -> BuildResult:
     """Build =cpv: deps from staging_pkgdir (binaries only), the result into <workdir>/out.
+
+    With `build_id`, the binpkg carries that BUILD_ID (the swarm's, allocated with the lease)
+    instead of portage's per-PKGDIR counter (see _emerge_build_id).
 
     The caller owns (and deletes) workdir. On cancellation the build's processes are killed
     before CancelledError propagates.
@@ -83,6 +88,11 @@ async def build(profile: ProfileConfig, cpv: str, staging_pkgdir: Path, workdir:
     def result(ok: bool, error: str = "", gpkg: Path | None = None) -> BuildResult:
         return BuildResult(ok, gpkg, log_path, round(time.monotonic() - start, 3), error)
 
+    build_args = ("--buildpkgonly", "--nodeps", "--oneshot", "--quiet-build=n", f"={cpv}")
+    build_argv, stamp = env.emerge(*build_args), {}
+    if build_id is not None:
+        build_argv = [sys.executable, "-m", "swarmnode.portage._emerge_build_id", *build_args]
+        stamp = {"SWARMNODE_BUILD_CPV": cpv, "SWARMNODE_BUILD_ID": str(int(build_id))}
     phases = [
         # What building needs, no more: the target's DEPEND/BDEPEND/IDEPEND and their runtime
         # deps (not its own RDEPEND/PDEPEND, not the deps' BDEPENDs) -- the same set the
@@ -94,8 +104,7 @@ async def build(profile: ProfileConfig, cpv: str, staging_pkgdir: Path, workdir:
          env.emerge("--usepkg", "--onlydeps", "--onlydeps-with-rdeps=n",
                     "--onlydeps-with-ideps=y", "--with-bdeps=n", "--oneshot",
                     f"--usepkg-exclude={cat}/{pn}", "--quiet-build=n", f"={cpv}")),
-        ("2/2 build", {"PKGDIR": str(out)},
-         env.emerge("--buildpkgonly", "--nodeps", "--oneshot", "--quiet-build=n", f"={cpv}")),
+        ("2/2 build", {"PKGDIR": str(out), **stamp}, build_argv),
     ]
     for title, extra_env, argv in phases:
         offset = log_path.stat().st_size if log_path.exists() else 0

@@ -484,8 +484,12 @@ class SwarmState:
             node.grounded_until, node.probation = None, True
         est = estimate(self.durations, job.cpv)
         cores = allocate_cores(est, free_cores)
+        # BUILD_IDs are allocated here, in one place, so builders never collide; an id whose
+        # lease expires is simply never used.
+        build_id = self.build_ids.get(job.cpv, 0) + 1
+        self.build_ids[job.cpv] = build_id
         lease = Lease(fence=self.next_fence, node_id=node_id, cycle_id=cyc.id, cpv=job.cpv,
-                      cores=cores, expires_at=ts + ttl, started_at=ts)
+                      cores=cores, expires_at=ts + ttl, started_at=ts, build_id=build_id)
         self.next_fence += 1
         self.leases[lease.fence] = lease
         job.lease, job.cores_used = lease.fence, cores
@@ -584,8 +588,7 @@ class SwarmState:
         job.cores_used = lease.cores
         self._count("completions")
         if success:
-            build_id = self.build_ids.get(cpv, 0) + 1
-            self.build_ids[cpv] = build_id
+            build_id = lease.build_id
             job.artifact = Artifact(cpv=cpv, sha256=sha, size=size, build_id=build_id,
                                     slot=job.slot, subslot=job.subslot, use=list(job.use),
                                     repo=job.repo, holders=[node_id])

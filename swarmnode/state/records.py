@@ -99,6 +99,7 @@ class Lease(_Record):
     cores: int
     expires_at: float
     started_at: float
+    build_id: int = 0  # allocated at claim: the builder stamps it into the binpkg
 
     def live(self, ts: float) -> bool:
         return self.expires_at >= ts
