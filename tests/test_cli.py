@@ -53,5 +53,5 @@ def test_help_lists_every_command() -> None:
     proc = swarmnode("--help")
     assert proc.returncode == 0
     for command in ("serve", "fresh", "status", "verify", "finalize", "rollback", "reset",
-                    "logs", "releases", "key"):
+                    "logs", "jobs", "releases", "key"):
         assert command in proc.stdout

@@ -157,6 +157,11 @@ def test_node_killed_mid_build_restarts_and_the_cycle_completes(node: NodeProc) 
     started = node.cli_json("fresh", "--profile", "desktop")
     assert [j["cpv"] for j in started["jobs"]] == ["app-misc/bigtable-1.0-r1"]
     wait_for(lambda: node.get("/api/v1/status")["node"]["building"], 120, "the build to start")
+    live = node.cli("logs", "app-misc/bigtable-1.0-r1")  # while it builds: the live log
+    assert live.returncode == 0 and "swarmnode: phase 1/2" in live.stdout, live.stderr
+    jobs = node.cli_json("jobs", "--profile", "desktop", "--state", "leased")
+    assert list(jobs["jobs"]) == ["app-misc/bigtable-1.0-r1"]
+    assert jobs["jobs"]["app-misc/bigtable-1.0-r1"]["node"] == "node1"
     node.kill9()
     assert leftover_build_processes(node.data_dir / "builds"), "the build outlives its node"
     node.start()
@@ -164,6 +169,8 @@ def test_node_killed_mid_build_restarts_and_the_cycle_completes(node: NodeProc) 
     cycle = wait_for(lambda: (c := node.get(f"/api/v1/cycles/{started['cycle_id']}"))["finished"]
                      and c, 600, "the cycle to finish after the restart")
     job = cycle["jobs"]["app-misc/bigtable-1.0-r1"]
+    table = node.cli("jobs", "--profile", "desktop")
+    assert table.returncode == 0 and "app-misc/bigtable-1.0-r1" in table.stdout
     assert job["state"] == "built" and job["attempts"] >= 2, job  # expired once, then built
     # The burnt lease's BUILD_ID is never reused; the package carries the one the state chose.
     assert job["artifact"]["build_id"] >= 2

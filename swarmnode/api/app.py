@@ -111,7 +111,11 @@ async def post_cycle(request: web.Request) -> web.Response:
 
 
 async def get_cycle(request: web.Request) -> web.Response:
-    return web.json_response(ops.cycle_view(request.app[NODE], request.match_info["cycle_id"]))
+    cycle_id = request.match_info["cycle_id"]
+    node = request.app[NODE]
+    if cycle_id == "latest":
+        return web.json_response(ops.latest_cycle_view(node, _query_profile(request)))
+    return web.json_response(ops.cycle_view(node, cycle_id))
 
 
 async def get_verify(request: web.Request) -> web.Response:

@@ -148,6 +148,21 @@ def reset(ctx: typer.Context, profile: ProfileOpt = None, as_json: JsonOpt = Fal
 
 
 @app.command()
+def jobs(ctx: typer.Context, cycle: Annotated[Optional[str], typer.Argument(
+             help="Cycle id (default: the profile's latest).")] = None,
+         profile: ProfileOpt = None,
+         state: Annotated[Optional[str], typer.Option(
+             "--state", help="Only jobs in this state (planned, ready, leased, built, failed, "
+                             "blocked).")] = None,
+         as_json: JsonOpt = False) -> None:
+    """The jobs of a cycle: state, why it is built, where, how long, errors."""
+    data = _ctx(ctx).client.get(f"/api/v1/cycles/{cycle or 'latest'}", profile=profile)
+    if state:
+        data["jobs"] = {c: j for c, j in data["jobs"].items() if j["state"] == state}
+    _emit(data, as_json, render.jobs)
+
+
+@app.command()
 def releases(ctx: typer.Context, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
     """List a profile's releases; the production one is marked."""
     _emit(_ctx(ctx).client.get("/api/v1/releases", profile=profile), as_json, render.releases)
@@ -156,7 +171,7 @@ def releases(ctx: typer.Context, profile: ProfileOpt = None, as_json: JsonOpt = 
 @app.command()
 def logs(ctx: typer.Context, cpv: Annotated[str, typer.Argument(help="e.g. app-misc/foo-1.0")],
          profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the build log of a package (its latest attempt)."""
+    """Print the build log of a package: live while it builds here, else its latest attempt."""
     text = _ctx(ctx).client.get_text(f"/api/v1/logs/{cpv}", profile=profile)
     if as_json:
         _emit({"cpv": cpv, "log": text}, True)

@@ -74,6 +74,22 @@ def status(data: dict[str, Any]) -> None:
                       f"(lease {build['lease']})")
 
 
+def jobs(cycle: dict[str, Any]) -> None:
+    console.print(f"cycle [bold]{cycle['id']}[/] ({cycle['profile']}), tree "
+                  f"{cycle.get('tree_version') or '-'}: "
+                  + ", ".join(f"{n} {s}" for s, n in sorted(cycle["counts"].items()) if n))
+    table = Table("package", "state", "why", "node", "cores", "time", "note", box=None)
+    for cpv, job in sorted(cycle["jobs"].items()):
+        style = STATE_STYLE.get(job["state"], "white")
+        note = job.get("error") or (f"blocked by {', '.join(job['blocked_by'])}"
+                                    if job.get("blocked_by") else "")
+        duration = f"{job['duration_s']:.0f}s" if job.get("duration_s") else ""
+        table.add_row(cpv, f"[{style}]{job['state']}[/]", job.get("reason", ""),
+                      job.get("node") or "", str(job.get("cores_used") or ""), duration,
+                      note[:80])
+    console.print(table)
+
+
 def verify(report: dict[str, Any]) -> None:
     colour = "green" if report["safe"] else "red"
     console.print(f"{report['profile']} cycle {report['cycle_id']}: risk "

@@ -58,7 +58,11 @@ def cycle_view(node: Node, cycle_id: str) -> dict[str, Any]:
     cycle = node.log.state.cycle(cycle_id)
     if cycle is None:
         raise UserError(f"no cycle {cycle_id!r}; `swarmnode status` lists cycles", 404)
-    return {**cycle.to_dict(), "finished": cycle.finished, "counts": cycle.counts}
+    view = {**cycle.to_dict(), "finished": cycle.finished, "counts": cycle.counts}
+    for cpv, job in view["jobs"].items():  # where it is building, or was built last
+        lease = node.log.state.lease(job["lease"]) if job["lease"] is not None else None
+        job["node"] = lease.node_id if lease is not None else job["log_node"]
+    return view
 
 
 def _critical(profile_critical: tuple[str, ...], cpvs: list[str]) -> list[str]:
@@ -136,14 +140,31 @@ async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:
 
 
 def build_log(node: Node, profile_name: str | None, cpv: str) -> bytes:
+    """The log of a package's build: live while this node builds it, else its latest attempt."""
     profile = node.config.profile(profile_name)
     cpv = atoms.validate_cpv(cpv)
-    job = node.log.state.find_job(profile.name, cpv)
+    state = node.log.state
+    job = state.find_job(profile.name, cpv)
     if job is None:
         raise UserError(f"{cpv} was not built in any cycle of {profile.name}", 404)
+    lease = state.lease(job.lease) if job.lease is not None else None
+    if lease is not None and lease.node_id == node.config.node.node_id:
+        live = node.paths.builds / str(lease.fence) / "build.log"
+        if live.is_file():
+            return live.read_bytes()
     if not job.log_sha256:
-        raise UserError(f"{cpv} has no build log yet (state: {job.state})", 404)
+        where = f" on {lease.node_id}" if lease is not None else ""
+        raise UserError(f"{cpv} has no build log yet (state: {job.state}{where})", 404)
     return node.store.read_bytes(job.log_sha256)
+
+
+def latest_cycle_view(node: Node, profile_name: str | None) -> dict[str, Any]:
+    profile = node.config.profile(profile_name)
+    cycle = node.log.state.latest_cycle(profile.name)
+    if cycle is None:
+        raise UserError(f"profile {profile.name} has no build cycle yet; run `swarmnode fresh`",
+                        404)
+    return cycle_view(node, cycle.id)
 
 
 def releases(node: Node, profile_name: str | None) -> dict[str, Any]:
