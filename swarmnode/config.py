@@ -24,7 +24,7 @@ class ProfileConfig:
     """One binhost: a portage configuration and the repositories it builds from."""
 
     name: str
-    portage_config: Path  # files copied into the build's etc/portage (make.conf, package.use …)
+    portage_config: Path | None  # files copied into the build's etc/portage (make.conf, …)
     repositories: tuple[Path, ...]  # ebuild repositories; the first is the main repository
     portage_profile: str  # path under the main repository's profiles/, e.g. "swarm/amd64"
     distfiles: Path
@@ -102,9 +102,9 @@ def _path(base: Path, value: str) -> Path:
     return (base / os.path.expanduser(value)).resolve()
 
 
-def _read_world(portage_config: Path) -> tuple[str, ...]:
-    world = portage_config / "world"
-    if not world.is_file():
+def _read_world(portage_config: Path | None) -> tuple[str, ...]:
+    world = portage_config / "world" if portage_config is not None else None
+    if world is None or not world.is_file():
         return ()
     lines = (ln.split("#", 1)[0].strip() for ln in world.read_text().splitlines())
     return tuple(ln for ln in lines if ln)
@@ -121,17 +121,24 @@ def _profile(name: str, table: dict[str, Any], base: Path) -> ProfileConfig:
     for repo in repositories:
         if not (repo / "profiles" / "repo_name").is_file():
             raise UserError(f"{where}: {repo} is not an ebuild repository (no profiles/repo_name)")
-    portage_config = _path(base, _get(table, "portage_config", str, "", where) or ".")
-    if not portage_config.is_dir():
-        raise UserError(f"{where}.portage_config: {portage_config} is not a directory")
+    portage_config = None
+    if table.get("portage_config") is not None:
+        portage_config = _path(base, _get(table, "portage_config", str, "", where))
+        if not portage_config.is_dir():
+            raise UserError(f"{where}.portage_config: {portage_config} is not a directory")
     portage_profile = _get(table, "portage_profile", str, "", where)
     if not portage_profile or ".." in Path(portage_profile).parts:
         raise UserError(f"{where}.portage_profile must name a profile under the repository's profiles/")
     if not (repositories[0] / "profiles" / portage_profile).is_dir():
         raise UserError(f"{where}.portage_profile: {repositories[0]}/profiles/{portage_profile} does not exist")
-    distfiles = _path(base, _get(table, "distfiles", str, "", where))
+    distfiles = _path(base, _get(table, "distfiles", str, "", where) or "distfiles")
+    if not distfiles.is_dir():
+        raise UserError(f"{where}.distfiles: {distfiles} is not a directory")
     targets = tuple(_get(table, "targets", list, ["@world"], where))
     world = tuple(_get(table, "world", list, [], where)) or _read_world(portage_config)
+    if "@world" in targets and not world:
+        raise UserError(f"{where}: @world is empty; list its atoms in `world = [...]` or in a "
+                        "`world` file in portage_config, or set `targets`")
     critical = tuple(_get(table, "critical", list, [], where))
     return ProfileConfig(name, portage_config, repositories, portage_profile, distfiles,
                          targets, world, critical)

@@ -37,13 +37,14 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float
         time.sleep(interval)
 
 
-def profile_toml(name: str, repo: Path, config_dir: Path, distfiles: Path,
+def profile_toml(name: str, repo: Path, config_dir: Path | None, distfiles: Path,
                  portage_profile: str = "swarm/amd64", extra: str = "") -> str:
+    config_line = f'portage_config = "{config_dir}"' if config_dir is not None else ""
     return f"""
 [profiles.{name}]
 repositories = ["{repo}"]
 portage_profile = "{portage_profile}"
-portage_config = "{config_dir}"
+{config_line}
 distfiles = "{distfiles}"
 {extra}
 """

@@ -51,6 +51,10 @@ def test_example_config_loads_with_relative_paths(monkeypatch: pytest.MonkeyPatc
     (f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace("swarm/amd64", "../../etc"),
      "portage_profile must name a profile"),
     ("this is = = not toml", "not valid TOML"),
+    (f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace("example/distfiles", "nope"),
+     "distfiles"),
+    (f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace(
+        "portage_config = ", "# "), "@world is empty"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,6 +62,13 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str,
     with pytest.raises(UserError) as err:
         load_config(write(tmp_path, body))
     assert message in err.value.message
+
+
+def test_portage_config_is_optional_with_explicit_world(tmp_path: Path) -> None:
+    body = f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace(
+        "portage_config = ", "world = ['app-misc/greeter']\n# ")
+    profile = load_config(write(tmp_path, body)).profile("desktop")
+    assert profile.portage_config is None and profile.world == ("app-misc/greeter",)
 
 
 def test_unknown_profile_names_the_known_ones(tmp_path: Path) -> None:

@@ -106,7 +106,6 @@ def make_repository(root: Path) -> tuple[Path, Path, Path]:
         (repo / cat / pn).mkdir(parents=True)
         (repo / cat / pn / f"{pf}.ebuild").write_text(EBUILD.format(desc=pn, deps=deps[cpv]))
     (conf / "make.conf").write_text('CFLAGS="-O1"\n')
-    (conf / "world").write_text("games-misc/tallyho\n")
     # Manifests, as the repository's maintainer would make them: `ebuild … manifest`.
     profile = ProfileConfig("mf", conf, (repo,), "base", distfiles)
     env = PortageEnv.create(profile, root / "manifest-env", root / "manifest-env/pkgs")
@@ -119,8 +118,11 @@ def make_repository(root: Path) -> tuple[Path, Path, Path]:
 
 def test_a_repository_outside_the_project_builds_and_installs(tmp_path: Path) -> None:
     repo, distfiles, conf = make_repository(tmp_path)
+    # All a user adds: a profile table naming the repository, its profile and the distfiles
+    # (no portage config directory at all: the repository's profile decides).
     node = NodeProc(tmp_path / "swarm", "solo",
-                    profile_toml("lab", repo, conf, distfiles, portage_profile="base"))
+                    profile_toml("lab", repo, None, distfiles, portage_profile="base",
+                                 extra='world = ["games-misc/tallyho"]'))
     node.start()
     try:
         built = node.cli("fresh", "--profile", "lab", "--wait", timeout=600)

@@ -58,7 +58,7 @@ class BinhostClient:
         """Lay out a client; without `public_key` it has an empty keyring (and must refuse)."""
         workdir = Path(workdir).resolve()
         shutil.rmtree(workdir, ignore_errors=True)
-        profile = ProfileConfig(name="client", portage_config=workdir / "none",
+        profile = ProfileConfig(name="client", portage_config=None,
                                 repositories=(Path(repository).resolve(),),
                                 portage_profile=portage_profile, distfiles=workdir / "none")
         # portage verifies signatures as the unprivileged GPG_VERIFY_USER_DROP (nobody), so the

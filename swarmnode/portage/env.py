@@ -126,7 +126,7 @@ class PortageEnv:
     def _write_config(self) -> None:
         src = self.profile.portage_config
         user_make_conf = ""
-        for entry in sorted(src.iterdir()) if src.is_dir() else ():
+        for entry in sorted(src.iterdir()) if src is not None and src.is_dir() else ():
             if entry.name == "make.conf":
                 parts = sorted(entry.rglob("*")) if entry.is_dir() else [entry]
                 user_make_conf = "\n".join(p.read_text() for p in parts if p.is_file())
@@ -137,7 +137,8 @@ class PortageEnv:
             elif entry.is_file():
                 shutil.copy2(entry, self.etc_portage / entry.name)
         (self.etc_portage / "make.conf").write_text(
-            f"# --- profile {self.profile.name}: {src}/make.conf ---\n{user_make_conf}\n\n"
+            f"# --- profile {self.profile.name}: {src or '(no portage_config)'}/make.conf ---\n"
+            f"{user_make_conf}\n\n"
             + self._generated_make_conf())
         self._write_repos_conf()
         main = self.profile.main_repository / "profiles" / self.profile.portage_profile

@@ -76,6 +76,8 @@ class Plan:
 
 def profile_sets(profile: ProfileConfig) -> list[str]:
     """User package sets the profile defines (files in its portage config's sets/)."""
+    if profile.portage_config is None:
+        return []
     sets_dir = profile.portage_config / "sets"
     return sorted(p.name for p in sets_dir.iterdir() if p.is_file()) if sets_dir.is_dir() else []
 
