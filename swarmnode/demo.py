@@ -108,10 +108,17 @@ def main() -> None:
         key = urllib.request.urlopen(f"{URL}/api/v1/key", timeout=10).read().decode()
         client = BinhostClient.create(RUN / "client", f"{URL}/binhost/desktop", key,
                                       PROJECT / "config/example/repo", "swarm/amd64")
-        client.install(["app-misc/greeter"])
-        say("running a program the client installed from the binhost")
-        output = client.run("greeter")
-        print(output, end="")
+        if not client.verifies_signatures():
+            raise SystemExit("demo: the client does not verify signatures (unexpected)")
+        print("client: portage reports verify-signature: True for the swarm binhost; "
+              "the swarm's key is in its keyring")
+        world = [ln.strip() for ln in (PROJECT / "config/profiles/desktop/world").read_text()
+                 .splitlines() if ln.strip() and not ln.startswith("#")]
+        print(f"$ emerge --getbinpkgonly {' '.join(world)}", flush=True)
+        client.install(world)
+        say("running programs the client installed from the binhost")
+        for program in ("greeter", "report", "toylang2"):
+            print(f"$ {program}\n" + client.run(program), end="", flush=True)
         say(f"demo done: binhost {URL}/binhost/desktop/, client root {client.root}")
     finally:
         os.killpg(node.pid, signal.SIGTERM)

@@ -87,6 +87,12 @@ class BinhostClient:
             raise UserError(f"client install of {' '.join(atoms)} failed:\n{tail}")
         return proc.stdout
 
+    def verifies_signatures(self) -> bool:
+        """What portage itself reports for this binhost: `verify-signature: True`."""
+        proc = subprocess.run(self.env.emerge("--info"), env=self.env.environ(),
+                              capture_output=True, text=True, timeout=120)
+        return "verify-signature: True" in proc.stdout
+
     def run(self, program: str, *args: str) -> str:
         """Run an installed program from the client root (its libraries from root/usr/lib64)."""
         exe = self.root / "usr" / "bin" / program
