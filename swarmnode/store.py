@@ -273,6 +273,26 @@ class ArtifactStore:
                 pass
             self._size_path(sha256).unlink(missing_ok=True)
 
+    def remove_unreferenced(self, keep: set[str], min_age_s: float) -> list[str]:
+        """Delete objects not in `keep` and older than `min_age_s` (the age guards an object
+        stored just before the command that references it is committed). Returns hashes."""
+        cutoff = time.time() - min_age_s
+        removed = []
+        for sha256 in list(self):
+            if sha256 in keep:
+                continue
+            try:
+                if self._object_path(sha256).stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            with self._lock:
+                self._verified.pop(sha256, None)
+                self._object_path(sha256).unlink(missing_ok=True)
+                self._size_path(sha256).unlink(missing_ok=True)
+            removed.append(sha256)
+        return removed
+
     def cleanup_tmp(self, max_age_s: float = TMP_MAX_AGE_S) -> int:
         """Remove in-flight files left by a crash (older than max_age_s). Returns the count."""
         removed = 0

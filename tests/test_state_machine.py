@@ -699,3 +699,16 @@ def test_random_command_sequences_keep_invariants() -> None:
         restored = SwarmState.from_bytes(w.s.to_bytes())
         assert restored.digest() == w.s.digest()
         _check_invariants(restored)
+
+
+def test_referenced_objects_are_what_kept_releases_and_cycles_name() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.ok("configure", keep_releases=1)
+    for i in (1, 2):
+        w.cycle(f"c{i}", {f"a/x-{i}": []})
+        w.build("n1")
+        w.ok("finalize", release_id=f"r{i}", profile=P)
+    refs = w.s.referenced_objects()
+    assert "sha-a/x-2" in refs and "log-a_x-2" in refs
+    assert "sha-a/x-1" not in refs and "log-a_x-1" not in refs  # r1 and c1 were pruned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,17 @@ def test_in_flight_writes_are_invisible(store: ArtifactStore) -> None:
 def test_objects_are_read_only(store: ArtifactStore) -> None:
     obj = store.put_bytes(DATA)
     assert store.path(obj.sha256).stat().st_mode & 0o777 == 0o444
+
+
+def test_unreferenced_old_objects_are_collected_and_referenced_ones_kept(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    kept = store.put_bytes(b"in a release")
+    old = store.put_bytes(b"from a pruned release")
+    fresh = store.put_bytes(b"stored a moment ago, not yet referenced")
+    an_hour_ago = time.time() - 3700
+    for obj in (kept, old):
+        os.utime(store.path(obj.sha256), (an_hour_ago, an_hour_ago))
+    removed = store.remove_unreferenced({kept.sha256}, min_age_s=3600)
+    assert removed == [old.sha256]
+    assert store.has(kept.sha256) and store.has(fresh.sha256) and not store.has(old.sha256)
+    assert sorted(store) == sorted([kept.sha256, fresh.sha256])

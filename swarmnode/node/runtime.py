@@ -21,6 +21,9 @@ from swarmnode.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
+GC_INTERVAL_S = 600.0  # how often the store is swept for unreferenced objects
+GC_MIN_AGE_S = 3600.0  # younger objects are kept: their `complete` may still be in flight
+
 
 @dataclass(frozen=True)
 class NodePaths:
@@ -127,9 +130,24 @@ class Node:
 
     # -- make the binhost serve what the state says is in production -------------------------
     async def _publisher(self) -> None:
+        last_gc = 0.0
         while True:
             await asyncio.to_thread(self.reconcile_binhost)
+            if time.monotonic() - last_gc >= GC_INTERVAL_S:
+                last_gc = time.monotonic()
+                await asyncio.to_thread(self.collect_garbage)
             await self.log.wait_changed(5.0)
+
+    def collect_garbage(self, min_age_s: float = GC_MIN_AGE_S) -> int:
+        """Delete store objects no kept release or cycle names (pruned releases' packages,
+        old logs), so a node's disk does not grow without bound."""
+        with self._reconcile_lock:  # never while a release is being materialised
+            removed = self.store.remove_unreferenced(self.log.state.referenced_objects(),
+                                                     min_age_s)
+            self.store.cleanup_tmp()
+        if removed:
+            log.info("store: removed %d objects no release or cycle uses", len(removed))
+        return len(removed)
 
     def reconcile_binhost(self) -> None:
         """Publish every profile's production release locally and prune retired ones.

@@ -271,6 +271,21 @@ class SwarmState:
         """Estimated core-seconds to build ``cpv`` (learned per package, default 60)."""
         return estimate(self.durations, cpv)
 
+    def referenced_objects(self) -> set[str]:
+        """sha256 of every artifact and build log the state still names (kept releases and
+        cycles): what a node's store must keep; anything else can be collected."""
+        found: set[str] = set()
+        for release in self._releases.values():
+            found.update(a.sha256 for a in release.packages.values())
+        for cyc in self.cycles.values():
+            found.update(a.sha256 for a in cyc.reused.values())
+            for job in cyc.jobs.values():
+                if job.artifact is not None:
+                    found.add(job.artifact.sha256)
+                if job.log_sha256:
+                    found.add(job.log_sha256)
+        return found
+
     def summary(self) -> dict[str, Any]:
         """JSON-able overview for `swarmnode status` and the dashboard."""
         held: dict[str, list[int]] = {}
