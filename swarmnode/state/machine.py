@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import msgpack
 
 from .records import (BLOCKED, BUILT, FAILED, LEASED, PLANNED, READY, Artifact, Cycle, Job,
                       Lease, Node, Production, Release)
+from .fields import Bad, Fields, Result, error_result, short
 from .scheduling import allocate_cores, critical_paths, estimate, learn, package_key, topo_order
 
 FORMAT_VERSION = 1
@@ -35,106 +35,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "keep_releases": 5,          # releases (and cycles) kept per profile
 }
 
-Result = dict[str, Any]
-
-
-class _Bad(Exception):
-    """Invalid command: raised only while validating, before any mutation."""
-
-
-_MISSING = object()
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Fields:
-    """Typed access to a command's fields; every failure names the field.
-
-    A field that is absent or None takes ``default``; without a default it is required.
-    """
-
-    def __init__(self, where: str, data: dict[str, Any]) -> None:
-        self.where = where
-        self.data = data
-
-    def _get(self, name: str, default: Any) -> tuple[Any, bool]:
-        """(value, present); raises for a required field that is missing."""
-        value = self.data.get(name)
-        if value is not None:
-            return value, True
-        if default is _MISSING:
-            raise _Bad(f"{self.where}: field '{name}' is missing")
-        return default, False
-
-    def _wrong(self, name: str, what: str, value: Any) -> _Bad:
-        return _Bad(f"{self.where}: field '{name}' must be {what} (got {_short(value)})")
-
-    def text(self, name: str, default: Any = _MISSING, empty: bool = False) -> Any:
-        value, present = self._get(name, default)
-        if present and (not isinstance(value, str) or (not empty and not value)):
-            raise self._wrong(name, "a string" if empty else "a non-empty string", value)
-        return value
-
-    def integer(self, name: str, minimum: int | None = None, default: Any = _MISSING) -> Any:
-        value, present = self._get(name, default)
-        if present and (not isinstance(value, int) or isinstance(value, bool)
-                        or (minimum is not None and value < minimum)):
-            bound = f" ≥ {minimum}" if minimum is not None else ""
-            raise self._wrong(name, "an integer" + bound, value)
-        return value
-
-    def number(self, name: str, minimum: float | None = None, positive: bool = False,
-               default: Any = _MISSING) -> Any:
-        value, present = self._get(name, default)
-        if not present:
-            return value
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value) and (minimum is None or value >= minimum) \
-            and (not positive or value > 0)
-        if not ok:
-            what = "a positive number" if positive else (
-                f"a number ≥ {minimum:g}" if minimum is not None else "a number")
-            raise self._wrong(name, what, value)
-        return float(value)
-
-    def flag(self, name: str, default: Any = _MISSING) -> Any:
-        value, present = self._get(name, default)
-        if present and not isinstance(value, bool):
-            raise self._wrong(name, "true or false", value)
-        return value
-
-    def items(self, name: str, default: Any = _MISSING) -> list[Any]:
-        value, present = self._get(name, default)
-        if present and not isinstance(value, (list, tuple)):
-            raise self._wrong(name, "a list", value)
-        return list(value)
-
-    def texts(self, name: str, default: Any = _MISSING) -> list[str]:
-        value = self.items(name, default)
-        if not all(isinstance(v, str) and v for v in value):
-            raise self._wrong(name, "a list of non-empty strings", value)
-        return value
-
-    def text_map(self, name: str, default: Any = _MISSING) -> dict[str, str]:
-        value, present = self._get(name, default)
-        if present and (not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
-            raise self._wrong(name, "a map of string to string", value)
-        return dict(value)
-
-    def cpv(self, name: str) -> str:
-        value = self.text(name)
-        cat, _, pkg = value.partition("/")
-        if not cat or not pkg or "/" in pkg or any(c.isspace() for c in value):
-            raise self._wrong(name, "a 'category/package-version'", value)
-        return value
-
-
-def _err(message: str, **flags: Any) -> Result:
-    return {"ok": False, "error": message, **flags}
 
 
 def _canonical(value: Any) -> Any:
@@ -327,24 +227,27 @@ class SwarmState:
     def apply(self, cmd: dict[str, Any]) -> Result:
         """Apply one command; see the module docstring. Never raises."""
         if not isinstance(cmd, dict):
-            return _err(f"a command must be a map with 'op', 'rid' and 'ts' (got {_short(cmd)})")
+            return error_result(
+                f"a command must be a map with 'op', 'rid' and 'ts' (got {short(cmd)})")
         op = cmd.get("op")
         handler = _HANDLERS.get(op) if isinstance(op, str) else None
         if handler is None:
-            return _err(f"unknown op {_short(op)}; expected one of: {', '.join(sorted(_HANDLERS))}")
+            return error_result(
+                f"unknown op {short(op)}; expected one of: {', '.join(sorted(_HANDLERS))}")
         rid = cmd.get("rid")
         if not isinstance(rid, str) or not rid:
-            return _err(f"{op}: field 'rid' must be a non-empty string (got {_short(rid)})")
+            return error_result(
+                f"{op}: field 'rid' must be a non-empty string (got {short(rid)})")
         if rid in self.applied:
             return copy.deepcopy(self.applied[rid])
-        fields = _Fields(op, cmd)
+        fields = Fields(op, cmd)
         try:
             ts = fields.number("ts")
             result, changed = handler(self, fields, ts)
-        except _Bad as exc:
-            return _err(str(exc))
+        except Bad as exc:
+            return error_result(str(exc))
         except Exception as exc:  # a bug: report it as one line rather than kill the replica
-            return _err(f"{op}: internal error: {type(exc).__name__}: {exc}")
+            return error_result(f"{op}: internal error: {type(exc).__name__}: {exc}")
         if changed:
             self.applied[rid] = result
             while len(self.applied) > DEDUP_LIMIT:
@@ -356,7 +259,7 @@ class SwarmState:
 
     # ------------------------------------------------------------------ ops
 
-    def _op_register_node(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_register_node(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Upsert a node (its breaker state survives re-registration)."""
         node_id = f.text("node_id")
         url = f.text("url", empty=True)
@@ -373,7 +276,7 @@ class SwarmState:
         node.sweeper, node.tree_versions, node.last_seen = sweeper, tree_versions, ts
         return {"ok": True, "node": node.to_dict(), "new": new}, True
 
-    def _op_start_cycle(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_start_cycle(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Create a cycle after checking its job graph; jobs without deps start ready."""
         cycle_id = f.text("cycle_id")
         profile = f.text("profile")
@@ -382,19 +285,19 @@ class SwarmState:
         jobs = self._parse_jobs(f.items("jobs"))
         reused = self._parse_artifacts(f.items("reused", default=[]))
         if cycle_id in self.cycles:
-            raise _Bad(f"start_cycle: cycle {cycle_id} already exists; use a new cycle id")
+            raise Bad(f"start_cycle: cycle {cycle_id} already exists; use a new cycle id")
         for cyc in self._cycles_of(profile):
             if not cyc.finished and not cyc.closed:
-                raise _Bad(f"start_cycle: cycle {cyc.id} for {profile} is still running; "
+                raise Bad(f"start_cycle: cycle {cyc.id} for {profile} is still running; "
                            "wait, or `swarmnode reset`")
         for cpv in sorted(jobs):
             for dep in jobs[cpv].deps:
                 if dep not in jobs:
-                    raise _Bad(f"start_cycle: job {cpv} depends on {dep}, "
+                    raise Bad(f"start_cycle: job {cpv} depends on {dep}, "
                                "which is not a job of this cycle")
         _, stuck = topo_order({c: j.deps for c, j in jobs.items()})
         if stuck:
-            raise _Bad(f"start_cycle: dependency cycle among {', '.join(stuck[:8])}"
+            raise Bad(f"start_cycle: dependency cycle among {', '.join(stuck[:8])}"
                        + (f" (+{len(stuck) - 8} more)" if len(stuck) > 8 else ""))
         # -- valid: mutate from here on
         for cpv in sorted(jobs):
@@ -422,11 +325,11 @@ class SwarmState:
         jobs: dict[str, Job] = {}
         for i, raw in enumerate(raw_jobs):
             if not isinstance(raw, dict):
-                raise _Bad(f"start_cycle: jobs[{i}] must be a map (got {_short(raw)})")
-            jf = _Fields(f"start_cycle: jobs[{i}]", raw)
+                raise Bad(f"start_cycle: jobs[{i}] must be a map (got {short(raw)})")
+            jf = Fields(f"start_cycle: jobs[{i}]", raw)
             cpv = jf.cpv("cpv")
             if cpv in jobs:
-                raise _Bad(f"start_cycle: job {cpv} is listed twice")
+                raise Bad(f"start_cycle: job {cpv} is listed twice")
             jobs[cpv] = Job(cpv=cpv, slot=jf.text("slot", default="0"),
                             subslot=jf.text("subslot", default="", empty=True),
                             use=sorted(set(jf.texts("use", default=[]))),
@@ -439,8 +342,8 @@ class SwarmState:
         out: dict[str, Artifact] = {}
         for i, raw in enumerate(raw_list):
             if not isinstance(raw, dict):
-                raise _Bad(f"start_cycle: reused[{i}] must be a map (got {_short(raw)})")
-            af = _Fields(f"start_cycle: reused[{i}]", raw)
+                raise Bad(f"start_cycle: reused[{i}] must be a map (got {short(raw)})")
+            af = Fields(f"start_cycle: reused[{i}]", raw)
             art = Artifact(cpv=af.cpv("cpv"), sha256=af.text("sha256"),
                            size=af.integer("size", minimum=0), build_id=af.integer("build_id", minimum=1),
                            slot=af.text("slot", default="0"),
@@ -449,11 +352,11 @@ class SwarmState:
                            repo=af.text("repo", default="gentoo"),
                            holders=sorted(set(af.texts("holders", default=[]))))
             if art.cpv in out:
-                raise _Bad(f"start_cycle: reused artifact {art.cpv} is listed twice")
+                raise Bad(f"start_cycle: reused artifact {art.cpv} is listed twice")
             out[art.cpv] = art
         return out
 
-    def _op_claim(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_claim(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Lease the ready job with the longest remaining critical path this node may build.
 
         The job dict in the result also carries ``cycle_id``, ``profile`` and ``est_core_s``.
@@ -462,7 +365,7 @@ class SwarmState:
         free_cores = f.integer("free_cores")
         ttl = f.number("lease_ttl_s", positive=True)
         if free_cores < 1:
-            raise _Bad(f"claim: free_cores must be ≥ 1 (got {free_cores}): no core to build on")
+            raise Bad(f"claim: free_cores must be ≥ 1 (got {free_cores}): no core to build on")
         node = self._nodes.get(node_id)
         if node is None:
             return self._nothing(f"node {node_id} is not registered; register it first")
@@ -554,23 +457,23 @@ class SwarmState:
             return None
         return lease
 
-    def _op_heartbeat(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_heartbeat(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Extend a live lease; ``lost`` tells the builder to stop."""
         node_id = f.text("node_id")
         fence = f.integer("fence")
         ttl = f.number("lease_ttl_s", positive=True)
         node = self._nodes.get(node_id)
         if node is None:
-            return _err(f"heartbeat: node {node_id} is not registered", lost=True), False
+            return error_result(f"heartbeat: node {node_id} is not registered", lost=True), False
         node.last_seen = ts
         lease = self._live_lease(fence, node_id, ts)
         if lease is None:
-            return _err(f"heartbeat: lease {fence} is no longer held by {node_id} "
+            return error_result(f"heartbeat: lease {fence} is no longer held by {node_id} "
                         "(expired or reassigned); stop building", lost=True), True
         lease.expires_at = max(lease.expires_at, ts + ttl)
         return {"ok": True, "lease": lease.to_dict()}, True
 
-    def _op_complete(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_complete(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Record a build result for a live lease; stale fences are counted, never recorded."""
         node_id = f.text("node_id")
         fence = f.integer("fence")
@@ -583,14 +486,14 @@ class SwarmState:
         raw_art = f.data.get("artifact")
         if success:
             if not isinstance(raw_art, dict):
-                raise _Bad("complete: field 'artifact' must be a map {sha256, size} "
-                           f"when success is true (got {_short(raw_art)})")
-            af = _Fields("complete: artifact", raw_art)
+                raise Bad("complete: field 'artifact' must be a map {sha256, size} "
+                           f"when success is true (got {short(raw_art)})")
+            af = Fields("complete: artifact", raw_art)
             sha, size = af.text("sha256"), af.integer("size", minimum=0)
         lease = self._live_lease(fence, node_id, ts)
         if lease is None or lease.cycle_id != cycle_id or lease.cpv != cpv:
             self._count("stale_completions")
-            return _err(f"complete: lease {fence} for {cpv} is not live (expired, superseded "
+            return error_result(f"complete: lease {fence} for {cpv} is not live (expired, superseded "
                         "or unknown); result discarded", stale=True), True
         # -- valid and live: mutate from here on
         cyc = self.cycles[cycle_id]
@@ -655,15 +558,15 @@ class SwarmState:
             stack.extend(job.dependents)
         return sorted(seen)
 
-    def _op_artifact_stored(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_artifact_stored(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """A node now holds a copy of an artifact (replication bookkeeping)."""
         node_id = f.text("node_id")
         sha = f.text("sha256")
         if node_id not in self._nodes:
-            raise _Bad(f"artifact_stored: node {node_id} is not registered")
+            raise Bad(f"artifact_stored: node {node_id} is not registered")
         arts = self._by_sha.get(sha)
         if not arts:
-            raise _Bad(f"artifact_stored: no artifact has sha256 {sha}")
+            raise Bad(f"artifact_stored: no artifact has sha256 {sha}")
         updated = 0
         for art in arts:
             if node_id not in art.holders:
@@ -671,7 +574,7 @@ class SwarmState:
                 updated += 1
         return {"ok": True, "updated": updated}, updated > 0
 
-    def _op_expire(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_expire(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Requeue jobs whose lease ran out; grounded nodes whose time is up go on probation."""
         expired: list[list[Any]] = []
         for fence in sorted(self.leases):
@@ -696,12 +599,12 @@ class SwarmState:
         return ({"ok": True, "expired": expired, "count": len(expired), "probation": probation},
                 bool(expired or probation))
 
-    def _op_reset(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_reset(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Retry a profile's current cycle: requeue in-flight, clear failures, keep built."""
         profile = f.text("profile", default=None)
         if profile is not None and profile not in {c.profile for c in self.cycles.values()} \
                 and not any(profile in n.profiles for n in self._nodes.values()):
-            raise _Bad(f"reset: unknown profile {profile}")
+            raise Bad(f"reset: unknown profile {profile}")
         counts = {"requeued": 0, "unfailed": 0, "unblocked": 0, "breakers_cleared": 0}
         profiles = [profile] if profile is not None else sorted(
             {self.cycles[c].profile for c in self.cycle_order})
@@ -734,7 +637,7 @@ class SwarmState:
                 counts["breakers_cleared"] += 1
         return {"ok": True, **counts}, any(counts.values())
 
-    def _op_configure(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_configure(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Change policy knobs; a smaller keep_releases prunes at once."""
         new = {
             "breaker_threshold": f.integer("breaker_threshold", minimum=1, default=None),
@@ -754,22 +657,22 @@ class SwarmState:
                 self._prune_cycles(profile)
         return {"ok": True, "config": dict(self.config), "pruned": sorted(pruned)}, changed
 
-    def _op_finalize(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_finalize(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Publish the latest cycle as a release and point production at it."""
         release_id = f.text("release_id")
         profile = f.text("profile")
         force = f.flag("force", default=False)
         if release_id in self._releases:
-            raise _Bad(f"finalize: release {release_id} already exists; use a new release id")
+            raise Bad(f"finalize: release {release_id} already exists; use a new release id")
         cyc = self.latest_cycle(profile)
         if cyc is None:
-            raise _Bad(f"finalize: profile {profile} has no cycle to finalize")
+            raise Bad(f"finalize: profile {profile} has no cycle to finalize")
         if cyc.closed:
-            raise _Bad(f"finalize: cycle {cyc.id} was already finalized as {cyc.release_id}")
+            raise Bad(f"finalize: cycle {cyc.id} was already finalized as {cyc.release_id}")
         if cyc.unfinished:
-            raise _Bad(f"finalize: cycle {cyc.id} still has {cyc.unfinished} jobs to build")
+            raise Bad(f"finalize: cycle {cyc.id} still has {cyc.unfinished} jobs to build")
         if (cyc.failed or cyc.blocked) and not force:
-            raise _Bad(f"finalize: cycle {cyc.id} has {cyc.failed} failed and {cyc.blocked} "
+            raise Bad(f"finalize: cycle {cyc.id} has {cyc.failed} failed and {cyc.blocked} "
                        "blocked jobs; fix them (`swarmnode reset`) or finalize with force")
         packages = {cpv: art.copy() for cpv, art in cyc.reused.items()}
         for cpv in cyc.cpvs_in(BUILT):
@@ -797,24 +700,24 @@ class SwarmState:
         prod = self.productions[profile] = Production(release_id=release_id, timestamp=stamp)
         return prod
 
-    def _op_rollback(self, f: _Fields, ts: float) -> tuple[Result, bool]:
+    def _op_rollback(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Point production at an older (or any named) release with a new timestamp."""
         profile = f.text("profile")
         release_id = f.text("release_id", default=None)
         prod = self.productions.get(profile)
         if release_id is None:
             if prod is None:
-                raise _Bad(f"rollback: profile {profile} has no production release")
+                raise Bad(f"rollback: profile {profile} has no production release")
             older = [r.id for r in self.releases(profile)]
             older = older[older.index(prod.release_id) + 1:]
             if not older:
-                raise _Bad(f"rollback: no release of {profile} older than {prod.release_id}")
+                raise Bad(f"rollback: no release of {profile} older than {prod.release_id}")
             release_id = older[0]
         rel = self._releases.get(release_id)
         if rel is None:
-            raise _Bad(f"rollback: unknown release {release_id}")
+            raise Bad(f"rollback: unknown release {release_id}")
         if rel.profile != profile:
-            raise _Bad(f"rollback: release {release_id} belongs to {rel.profile}, not {profile}")
+            raise Bad(f"rollback: release {release_id} belongs to {rel.profile}, not {profile}")
         previous = prod.release_id if prod else None
         new = self._point(profile, release_id, ts)
         return {"ok": True, "release_id": release_id, "previous": previous,
@@ -865,7 +768,7 @@ class SwarmState:
         self._by_sha = index
 
 
-_HANDLERS: dict[str, Callable[[SwarmState, _Fields, float], tuple[Result, bool]]] = {
+_HANDLERS: dict[str, Callable[[SwarmState, Fields, float], tuple[Result, bool]]] = {
     "register_node": SwarmState._op_register_node,
     "start_cycle": SwarmState._op_start_cycle,
     "claim": SwarmState._op_claim,
