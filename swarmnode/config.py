@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -163,6 +164,28 @@ def _secret(table: dict[str, Any], base: Path) -> str:
         raise UserError("cluster.secret (or secret_file / SWARMNODE_SECRET) must be at least 16 "
                         "characters; generate one with: openssl rand -hex 32")
     return secret
+
+
+def create_missing_secret(path: str | Path) -> Path | None:
+    """For `swarmnode init`: write a random cluster secret to `cluster.secret_file` if the
+    config names one that does not exist yet (mode 0600). Returns the file it wrote."""
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # load_config reports it properly
+    cluster = raw.get("cluster", {})
+    name = cluster.get("secret_file")
+    if not isinstance(name, str) or cluster.get("secret") or os.environ.get("SWARMNODE_SECRET"):
+        return None
+    secret_path = _path(path.parent, name)
+    if secret_path.exists():
+        return None
+    secret_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    return secret_path
 
 
 def load_config(path: str | Path) -> Config:

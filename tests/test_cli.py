@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from harness import free_port
 
@@ -53,5 +55,32 @@ def test_help_lists_every_command() -> None:
     proc = swarmnode("--help")
     assert proc.returncode == 0
     for command in ("serve", "fresh", "status", "verify", "finalize", "rollback", "reset",
-                    "logs", "jobs", "releases", "key"):
+                    "logs", "jobs", "releases", "key", "init"):
         assert command in proc.stdout
+
+
+def test_init_prepares_a_node_once(tmp_path) -> None:
+    example = Path(__file__).resolve().parent.parent / "config"
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f"""
+[node]
+data_dir = "{tmp_path / 'data'}"
+[cluster]
+secret_file = "secret"
+[profiles.desktop]
+repositories = ["{example / 'example/repo'}"]
+portage_profile = "swarm/amd64"
+portage_config = "{example / 'profiles/desktop'}"
+distfiles = "{example / 'example/distfiles'}"
+""")
+    first = swarmnode("init", "--config", str(cfg), "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    secret = tmp_path / "secret"
+    assert report["secret_file"] == str(secret)
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) == 64
+    assert report["public_key"].startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    written = secret.read_text()
+    again = json.loads(swarmnode("init", "--config", str(cfg), "--json").stdout)
+    assert again["secret_file"] is None  # nothing that exists is changed
+    assert again["fingerprint"] == report["fingerprint"] and secret.read_text() == written

@@ -83,6 +83,22 @@ def serve(
 
 
 @app.command()
+def init(
+    config: Annotated[Path, typer.Option("--config", "-c", envvar="SWARMNODE_CONFIG",
+                                         help="The node's TOML config.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Prepare this node: cluster secret file (if missing), data dir, signing key."""
+    from dataclasses import asdict
+
+    from swarmnode.node.init import init_node
+
+    report = init_node(config)
+    _emit({k: str(v) if isinstance(v, Path) else v for k, v in asdict(report).items()},
+          as_json, lambda _: render.initialised(report))
+
+
+@app.command()
 def fresh(
     ctx: typer.Context,
     targets: Annotated[Optional[list[str]], typer.Argument(help="Atoms or sets (default: "

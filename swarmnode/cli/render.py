@@ -18,6 +18,17 @@ STATE_STYLE = {"built": "green", "failed": "red", "blocked": "yellow", "leased":
 DONE = ("built", "failed", "blocked")
 
 
+def initialised(report: Any) -> None:
+    console.print(f"node [bold]{report.node_id}[/] ready: data in {report.data_dir}")
+    if report.secret_file:
+        console.print(f"  wrote a new cluster secret to {report.secret_file} — copy it to every "
+                      "node of the swarm")
+    console.print(f"  signing key {report.fingerprint}")
+    console.print(f"  profiles: {', '.join(report.profiles)}")
+    console.print(f"next: swarmnode serve --config {report.config}  (binhost at "
+                  f"{report.url}/binhost/<profile>/, public key at {report.url}/api/v1/key)")
+
+
 def cycle_started(result: dict[str, Any]) -> None:
     jobs, reused = result["jobs"], result["reused"]
     console.print(f"cycle [bold]{result['cycle_id']}[/] ({result['profile']}): "
