@@ -137,9 +137,6 @@ def _profile(name: str, table: dict[str, Any], base: Path) -> ProfileConfig:
         raise UserError(f"{where}.distfiles: {distfiles} is not a directory")
     targets = tuple(_get(table, "targets", list, ["@world"], where))
     world = tuple(_get(table, "world", list, [], where)) or _read_world(portage_config)
-    if "@world" in targets and not world:
-        raise UserError(f"{where}: @world is empty; list its atoms in `world = [...]` or in a "
-                        "`world` file in portage_config, or set `targets`")
     critical = tuple(_get(table, "critical", list, [], where))
     return ProfileConfig(name, portage_config, repositories, portage_profile, distfiles,
                          targets, world, critical)

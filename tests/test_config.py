@@ -53,8 +53,7 @@ def test_example_config_loads_with_relative_paths(monkeypatch: pytest.MonkeyPatc
     ("this is = = not toml", "not valid TOML"),
     (f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace("example/distfiles", "nope"),
      "distfiles"),
-    (f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace(
-        "portage_config = ", "# "), "@world is empty"),
+
 ])
 def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,11 +121,12 @@ def test_a_repository_outside_the_project_builds_and_installs(tmp_path: Path) ->
     # All a user adds: a profile table naming the repository, its profile and the distfiles
     # (no portage config directory at all: the repository's profile decides).
     node = NodeProc(tmp_path / "swarm", "solo",
-                    profile_toml("lab", repo, None, distfiles, portage_profile="base",
-                                 extra='world = ["games-misc/tallyho"]'))
+                    profile_toml("lab", repo, None, distfiles, portage_profile="base"))
     node.start()
     try:
-        built = node.cli("fresh", "--profile", "lab", "--wait", timeout=600)
+        empty = node.cli("fresh", "--profile", "lab")  # no world defined: say what to do
+        assert empty.returncode == 1 and "@world of profile lab is empty" in empty.stderr
+        built = node.cli("fresh", "--profile", "lab", "--wait", "games-misc/tallyho", timeout=600)
         assert built.returncode == 0, built.stdout + built.stderr + node.log_tail()
         assert node.cli("finalize", "--profile", "lab").returncode == 0
         client = BinhostClient.create(tmp_path / "client", f"{node.url}/binhost/lab",

@@ -32,6 +32,11 @@ async def fresh(node: Node, profile_name: str | None, targets: list[str]) -> dic
     """Plan a build cycle for a profile (incremental against its production release)."""
     profile = node.config.profile(profile_name)
     targets = atoms.validate_targets(targets or list(profile.targets))
+    if "@world" in targets and not profile.world:
+        raise UserError(f"@world of profile {profile.name} is empty: name packages "
+                        f"(`swarmnode fresh --profile {profile.name} cat/pkg …`), or list them in "
+                        "`world = [...]` in its config table or in a `world` file in its "
+                        "portage_config")
     running = node.log.state.latest_cycle(profile.name)
     if running is not None and not running.finished and not running.closed:
         raise UserError(f"cycle {running.id} for {profile.name} is still running; wait for it, "
