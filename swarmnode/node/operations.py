@@ -11,12 +11,14 @@ import time
 from typing import Any
 
 from portage.dep import Atom, match_from_list
+from portage.versions import cpv_getkey
 
 from swarmnode.binhost import PackageRef
 from swarmnode.errors import UserError
 from swarmnode.node.commands import command
 from swarmnode.node.runtime import Node
 from swarmnode.portage import atoms, index, planner
+from swarmnode.state.records import Artifact
 from swarmnode.state.risk import risk_score
 
 SAFE_RISK = 15  # a release scoring under this is safe to finalize
@@ -44,12 +46,7 @@ async def fresh(node: Node, profile_name: str | None, targets: list[str]) -> dic
     release_dir = node.binhost.current_dir(profile.name)
     workdir = node.paths.work / f"plan-{profile.name}"
     plan = await asyncio.to_thread(planner.plan, profile, targets, workdir, release_dir)
-    prod = node.log.state.production(profile.name)
-    reused = []
-    if prod is not None:
-        release = node.log.state.release(prod.release_id)
-        keep = set(plan.reused)
-        reused = [a.to_dict() for cpv, a in sorted(release.packages.items()) if cpv in keep]
+    reused = [a.to_dict() for a in _carried_over(node, profile.name, targets, plan)]
     cycle_id = time.strftime("%Y%m%d-%H%M%S") + f"-{profile.name}"
     result = _ok(await node.submit(command(
         "start_cycle", cycle_id=cycle_id, profile=profile.name, tree_version=plan.tree_version,
@@ -57,6 +54,26 @@ async def fresh(node: Node, profile_name: str | None, targets: list[str]) -> dic
     return {"cycle_id": cycle_id, "profile": profile.name, "targets": targets,
             "jobs": [j.to_dict() for j in plan.jobs], "reused": sorted(plan.reused),
             "tree_version": plan.tree_version, "result": result}
+
+
+def _carried_over(node: Node, profile: str, targets: list[str],
+                  plan: planner.Plan) -> list[Artifact]:
+    """Packages of the production release that the new cycle's release keeps.
+
+    A cycle over @world defines the whole release: what portage reuses from it (packages that
+    left @world's closure drop out). A cycle over some atoms updates the release: it keeps every
+    package except those the cycle rebuilds in the same slot.
+    """
+    prod = node.log.state.production(profile)
+    release = node.log.state.release(prod.release_id) if prod is not None else None
+    if release is None:
+        return []
+    keep = set(plan.reused)
+    if "@world" not in targets:
+        replaced = {(cpv_getkey(j.cpv), j.slot) for j in plan.jobs}
+        keep |= {cpv for cpv, a in release.packages.items()
+                 if (cpv_getkey(cpv), a.slot) not in replaced}
+    return [a for cpv, a in sorted(release.packages.items()) if cpv in keep]
 
 
 def cycle_view(node: Node, cycle_id: str) -> dict[str, Any]:
