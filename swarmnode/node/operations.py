@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 from portage.dep import Atom, match_from_list
@@ -47,12 +48,12 @@ async def fresh(node: Node, profile_name: str | None, targets: list[str]) -> dic
     workdir = node.paths.work / f"plan-{profile.name}"
     plan = await asyncio.to_thread(planner.plan, profile, targets, workdir, release_dir)
     reused = [a.to_dict() for a in _carried_over(node, profile.name, targets, plan)]
-    cycle_id = time.strftime("%Y%m%d-%H%M%S") + f"-{profile.name}"
+    cycle_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{profile.name}-{uuid.uuid4().hex[:4]}"
     result = _ok(await node.submit(command(
         "start_cycle", cycle_id=cycle_id, profile=profile.name, tree_version=plan.tree_version,
         targets=targets, jobs=[j.to_dict() for j in plan.jobs], reused=reused)))
     return {"cycle_id": cycle_id, "profile": profile.name, "targets": targets,
-            "jobs": [j.to_dict() for j in plan.jobs], "reused": sorted(plan.reused),
+            "jobs": [j.to_dict() for j in plan.jobs], "reused": [a["cpv"] for a in reused],
             "tree_version": plan.tree_version, "result": result}
 
 
@@ -137,7 +138,7 @@ async def finalize(node: Node, profile_name: str | None, force: bool) -> dict[st
         raise UserError(f"refusing to finalize {profile}: risk score {report['score']} "
                         f"(safe is under {SAFE_RISK}): " + "; ".join(report["reasons"])
                         + ". Fix it, or finalize --force", 409)
-    release_id = f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    release_id = f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     result = _ok(await node.submit(command("finalize", release_id=release_id, profile=profile,
                                            force=force)))
     await asyncio.to_thread(node.reconcile_binhost)
