@@ -181,6 +181,25 @@ def test_node_killed_mid_build_restarts_and_the_cycle_completes(node: NodeProc) 
     assert read_gpkg_metadata(gpkg)["BUILD_ID"] == str(job["artifact"]["build_id"])
 
 
+def test_reset_returns_a_running_build_to_the_queue_and_it_is_built_again(
+        node: NodeProc) -> None:
+    pkg: Path = node.repo / "app-misc/bigtable"  # type: ignore[attr-defined]
+    (pkg / "bigtable-1.0-r2.ebuild").write_text((pkg / "bigtable-1.0.ebuild").read_text())
+    started = node.cli_json("fresh", "--profile", "desktop", "app-misc/bigtable")
+    assert [j["cpv"] for j in started["jobs"]] == ["app-misc/bigtable-1.0-r2"]
+    first = wait_for(lambda: node.get("/api/v1/status")["node"]["building"], 120,
+                     "the build to start")[0]
+    assert node.cli("reset", "--profile", "desktop").returncode == 0
+    # The builder learns from its next heartbeat that the lease is gone and stops; the job is
+    # claimed again under a new lease and built.
+    cycle = wait_for(lambda: (c := node.get(f"/api/v1/cycles/{started['cycle_id']}"))["finished"]
+                     and c, 600, "the reset cycle to finish")
+    job = cycle["jobs"]["app-misc/bigtable-1.0-r2"]
+    assert job["state"] == "built" and job["artifact"]["build_id"] >= 2
+    assert f"lease {first['lease']} was lost" in node.log_tail(200)
+    assert not (node.data_dir / "builds" / str(first["lease"])).exists()
+
+
 def test_bad_input_gets_a_clear_error_and_changes_nothing(node: NodeProc) -> None:
     digest = node.get("/api/v1/status")["state"]["digest"]
     cases = [

@@ -104,16 +104,23 @@ class Worker:
         log_path = workdir / "build.log"
         log.info("building %s (cycle %s, lease %d, %d cores)", cpv, job["cycle_id"], fence,
                  lease["cores"])
+        lost = asyncio.Event()
         build = asyncio.create_task(self._build(job, profile, workdir, log_path, lease))
-        beat = asyncio.create_task(self._heartbeat(fence, build))
+        beat = asyncio.create_task(self._heartbeat(fence, build, lost))
         try:
-            result = await build
-        except asyncio.CancelledError:
-            log.warning("build of %s stopped: lease %d lost", cpv, fence)
-            return
-        finally:
-            beat.cancel()
-        try:
+            try:
+                result = await build
+            except asyncio.CancelledError:
+                if not lost.is_set():
+                    raise  # the node is shutting down
+                log.warning("build of %s stopped: lease %d was lost", cpv, fence)
+                return
+            except Exception as exc:  # the build could not run at all (e.g. staging failed)
+                log.exception("build of %s could not run", cpv)
+                result = builder.BuildResult(False, None, log_path, 0.0,
+                                             f"the node could not run the build: {exc}")
+            finally:
+                beat.cancel()
             await self._report(job, fence, result, log_path)
         finally:
             if not self.cfg.build.keep_build_roots:
@@ -133,7 +140,10 @@ class Worker:
         refs = [PackageRef.of(a) for a in cycle.artifacts()] if cycle is not None else []
         return self.node.binhost.staging(job["profile"], refs, directory)
 
-    async def _heartbeat(self, fence: int, build: asyncio.Task[Any]) -> None:
+    async def _heartbeat(self, fence: int, build: asyncio.Task[Any],
+                         lost: asyncio.Event) -> None:
+        """Renew the lease; if the state says it is gone, stop the build (its result would be
+        rejected anyway: the job was expired, reset or handed to another node)."""
         while True:
             await asyncio.sleep(self.cfg.build.heartbeat_s)
             try:
@@ -144,6 +154,7 @@ class Worker:
                 log.exception("heartbeat for lease %d failed; retrying", fence)
                 continue
             if not result.get("ok") and result.get("lost"):
+                lost.set()
                 build.cancel()
                 return
 
