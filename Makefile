@@ -34,6 +34,8 @@ demo: setup
 	$(PY) -m swarmnode.demo
 
 test: setup
+	$(PY) -m pyflakes swarmnode tests
+	$(PY) -m mypy
 	$(PY) -m pytest -q -ra
 
 test-fast: setup

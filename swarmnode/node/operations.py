@@ -143,16 +143,18 @@ async def finalize(node: Node, profile_name: str | None, force: bool) -> dict[st
                                            force=force)))
     await asyncio.to_thread(node.reconcile_binhost)
     return {"release_id": release_id, "profile": profile, "risk": report,
-            "timestamp": node.log.state.production(profile).timestamp, "result": result,
+            "timestamp": result["timestamp"], "result": result,
             "publish_error": node.publish_errors.get(profile)}
 
 
 async def rollback(node: Node, profile_name: str | None, release_id: str | None) -> dict[str, Any]:
     profile = node.config.profile(profile_name)
-    _ok(await node.submit(command("rollback", profile=profile.name, release_id=release_id)))
+    result = _ok(await node.submit(command("rollback", profile=profile.name,
+                                           release_id=release_id)))
     await asyncio.to_thread(node.reconcile_binhost)
-    prod = node.log.state.production(profile.name)
-    return {"profile": profile.name, "release_id": prod.release_id, "timestamp": prod.timestamp}
+    return {"profile": profile.name, "release_id": result["release_id"],
+            "previous": result["previous"], "timestamp": result["timestamp"],
+            "publish_error": node.publish_errors.get(profile.name)}
 
 
 async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:

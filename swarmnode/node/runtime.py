@@ -13,6 +13,7 @@ from typing import Any
 
 from swarmnode.binhost import Binhost, PackageRef, Publication
 from swarmnode.config import Config
+from swarmnode.consensus import ReplicatedLog
 from swarmnode.consensus.local import LocalLog
 from swarmnode.node.commands import command
 from swarmnode.node.worker import Worker
@@ -64,7 +65,7 @@ class Node:
         self.paths = NodePaths(config.node.data_dir)
         for p in (self.paths.state, self.paths.builds, self.paths.work):
             p.mkdir(parents=True, exist_ok=True)
-        self.log = LocalLog(self.paths.state)
+        self.log: ReplicatedLog = LocalLog(self.paths.state)
         self.store = ArtifactStore(self.paths.store)
         self.binhost = Binhost(self.paths.binhost, self.store)
         self.key = signing.ensure_signing_key(self.paths.gpg, name=f"swarmnode {config.cluster.name}")

@@ -228,8 +228,8 @@ class _Iuse:
         self.tokens = frozenset(flag.lstrip("+-") for flag in iuse.split())
 
     def is_valid_flag(self, flags: str | frozenset[str]) -> bool:
-        flags = [flags] if isinstance(flags, str) else flags
-        return all(flag in self.tokens for flag in flags)
+        wanted = [flags] if isinstance(flags, str) else flags
+        return all(flag in self.tokens for flag in wanted)
 
 
 def _unmet(dep: list, candidates: list[_Candidate]) -> list[str]:

@@ -240,7 +240,7 @@ class SwarmState:
                 f"{op}: field 'rid' must be a non-empty string (got {short(rid)})")
         if rid in self.applied:
             return copy.deepcopy(self.applied[rid])
-        fields = Fields(op, cmd)
+        fields = Fields(str(op), cmd)
         try:
             ts = fields.number("ts")
             result, changed = handler(self, fields, ts)
