@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from swarmnode.config import ProfileConfig
-from swarmnode.portage.builder import build
+from swarmnode.portage.builder import build, leftover_build_processes
 from swarmnode.portage.index import read_gpkg_metadata
 
 from example_build import REPO, ExampleRelease, example_profile
@@ -53,19 +53,6 @@ def _group_alive(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             alive.append(int(entry))
     return alive
-
-
-def _processes_of(workdir: Path) -> list[int]:
-    """pids of processes (in any group) that run in workdir's portage environment."""
-    marker = f"PORTAGE_CONFIGROOT={workdir}/cfg".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and marker in Path(f"/proc/{entry}/environ").read_bytes():
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 def _pgids(log: Path) -> list[int]:
@@ -154,7 +141,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pgids = _pgids(result.log)
     assert pgids
     assert all(_group_alive(g) == [] for g in pgids)
-    assert _processes_of(tmp_path / "wd") == []
+    assert leftover_build_processes(tmp_path / "wd") == []
 
 
 @pytest.mark.slow
@@ -175,7 +162,7 @@ async def test_cancelling_a_build_kills_it(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert _group_alive(pgid) == []
-    assert _processes_of(tmp_path / "wd") == []
+    assert leftover_build_processes(tmp_path / "wd") == []
 
 
 @pytest.mark.slow
