@@ -87,8 +87,8 @@ class Node:
         killed = await asyncio.to_thread(builder.kill_leftover_builds, self.paths.builds)
         if killed:
             log.warning("killed %d processes of builds left from before a restart", killed)
-        shutil.rmtree(self.paths.builds, ignore_errors=True)
-        self.paths.builds.mkdir(parents=True)
+        await asyncio.to_thread(shutil.rmtree, self.paths.builds, True)
+        self.paths.builds.mkdir(parents=True, exist_ok=True)
         cfg = self.config
         await self.submit(command(
             "configure", breaker_threshold=cfg.cluster.breaker_threshold,

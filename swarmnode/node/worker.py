@@ -100,7 +100,7 @@ class Worker:
         profile = self.cfg.profile(job["profile"])
         workdir = node.paths.builds / f"{fence}"
         shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
+        workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "build.log"
         log.info("building %s (cycle %s, lease %d, %d cores)", cpv, job["cycle_id"], fence,
                  lease["cores"])

@@ -228,16 +228,29 @@ def leftover_build_processes(builds_root: Path) -> list[int]:
     return found
 
 
-def kill_leftover_builds(builds_root: Path) -> int:
-    """SIGKILL every process of a build under builds_root; returns how many were killed."""
-    killed = 0
-    for pid in leftover_build_processes(builds_root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-        except ProcessLookupError:
-            pass
-    return killed
+def kill_leftover_builds(builds_root: Path, wait_s: float = 30.0) -> int:
+    """SIGKILL every process of a build under builds_root and wait until they are gone (so
+    nothing writes into the build roots any more); returns how many were killed."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + wait_s
+    while pids := [p for p in leftover_build_processes(builds_root) if not _zombie(p)]:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # a SIGKILLed process takes a moment to exit; poll until it has
+    return len(killed)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True  # gone
 
 
 def _summarise(log_path: Path, offset: int, title: str, rc: int) -> str:
