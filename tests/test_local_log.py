@@ -59,3 +59,21 @@ def test_duplicate_request_id_is_applied_once(tmp_path: Path) -> None:
     digest = log.state.digest()
     assert asyncio.run(log.submit(dict(cmd))) == first
     assert log.state.digest() == digest
+
+
+def test_a_caller_cancelled_mid_submit_leaves_memory_and_journal_in_agreement(
+        tmp_path: Path) -> None:
+    """A heartbeat task stopped while its command waits for fsync must not leave a command
+    that the journal has and the live state lacks (a restart would then replay a different
+    history than the node lived: leases that expired live would be alive after the restart)."""
+    async def scenario() -> str:
+        log = LocalLog(tmp_path)
+        await submit_all(log, [register(1)])
+        task = asyncio.create_task(log.submit(register(2)))
+        await asyncio.sleep(0)  # the submit runs up to its first await (the fsync)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return log.state.digest()
+
+    live = asyncio.run(scenario())
+    assert LocalLog(tmp_path).state.digest() == live

@@ -169,6 +169,7 @@ def test_node_killed_mid_build_restarts_and_the_cycle_completes(node: NodeProc) 
     assert leftover_build_processes(node.data_dir / "builds"), "the build outlives its node"
     node.start()
     assert not leftover_build_processes(node.data_dir / "builds"), "restart kills it"
+    assert "replay diverged" not in node.log_tail(400)
     cycle = wait_for(lambda: (c := node.get(f"/api/v1/cycles/{started['cycle_id']}"))["finished"]
                      and c, 600, "the cycle to finish after the restart")
     job = cycle["jobs"]["app-misc/bigtable-1.0-r1"]
@@ -257,5 +258,6 @@ def test_kill_9_during_finalize_leaves_old_or_new_release_whole(node: NodeProc) 
         node.kill9()
         t.join()
         node.start()
+        assert "replay diverged" not in node.log_tail(400)
         after = served_release_is_whole(node)
         assert int(after) >= int(before)

@@ -57,16 +57,20 @@ class LocalLog:
             end = pos + _HEADER.size + length
             if end > len(data):
                 break  # a torn final record: it was never acknowledged
-            index, cmd = msgpack.unpackb(data[pos + _HEADER.size:end], raw=False)
+            index, cmd, live = msgpack.unpackb(data[pos + _HEADER.size:end], raw=False)
             if index > self.applied_index:
-                self.state.apply(cmd)
+                result = self.state.apply(cmd)
                 self.applied_index = index
+                if live is not None and result.get("ok") != live:
+                    # apply is deterministic, so this means a bug: say so loudly.
+                    log.error("journal replay diverged at index %d (%s): the live result was "
+                              "ok=%s, the replay gives %s", index, cmd.get("op"), live, result)
             pos = good = end
         if good != len(data):
             log.warning("journal: dropping a torn record at byte %d (never acknowledged)", good)
             with open(self.journal_path, "r+b") as fh:
                 fh.truncate(good)
-        self._since_snapshot = self.applied_index
+        self._since_snapshot = 0
 
     # -- the consensus interface -------------------------------------------------------------
     @property
@@ -78,20 +82,32 @@ class LocalLog:
         return None
 
     async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Make `cmd` durable, apply it and return its result."""
+        """Apply `cmd`, make it durable and return its result."""
         async with self._lock:
             index = self.applied_index + 1
-            record = msgpack.packb([index, cmd], use_bin_type=True)
-            self._journal.write(_HEADER.pack(len(record)) + record)
-            self._journal.flush()
-            await asyncio.to_thread(os.fsync, self._journal.fileno())
+            # Apply, write the record, then wait for the disk. Nothing can interrupt the steps
+            # before the await, so memory and journal never disagree: a caller cancelled while
+            # waiting for fsync (a heartbeat task stopped mid-call, say) leaves a command that
+            # is applied AND journaled, just not acknowledged — a retry with its rid is a no-op.
+            # (Journal first and apply after the await would lose the apply on cancellation,
+            # and a restart would then replay a command the live node never applied.)
             result = self.state.apply(cmd)
             self.applied_index = index
-            self._since_snapshot += 1
+            record = msgpack.packb([index, cmd, bool(result.get("ok"))], use_bin_type=True)
+            try:
+                self._journal.write(_HEADER.pack(len(record)) + record)
+                self._journal.flush()
+            except OSError:
+                self._reload()  # the disk refused the record: forget the apply too
+                raise
+            try:
+                await asyncio.to_thread(os.fsync, self._journal.fileno())
+            finally:  # also when the caller is cancelled: the command is applied either way
+                self._since_snapshot += 1
+                self._changed.set()
+                self._changed = asyncio.Event()
             if self._since_snapshot >= self.snapshot_every:
                 self._snapshot()
-            self._changed.set()
-            self._changed = asyncio.Event()
             return result
 
     async def wait_changed(self, timeout: float) -> None:
@@ -100,6 +116,13 @@ class LocalLog:
             await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:
             pass
+
+    def _reload(self) -> None:
+        """Rebuild the state from disk alone (after a failed journal write)."""
+        self._journal.close()
+        self.state, self.applied_index = SwarmState(), 0
+        self._load()
+        self._journal = open(self.journal_path, "ab")
 
     def _snapshot(self) -> None:
         tmp = self.snapshot_path.with_suffix(".tmp")
