@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from swarmnode.config import load_config
 from swarmnode.portage.client import BinhostClient
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -112,8 +113,7 @@ def main() -> None:
             raise SystemExit("demo: the client does not verify signatures (unexpected)")
         print("client: portage reports verify-signature: True for the swarm binhost; "
               "the swarm's key is in its keyring")
-        world = [ln.strip() for ln in (PROJECT / "config/profiles/desktop/world").read_text()
-                 .splitlines() if ln.strip() and not ln.startswith("#")]
+        world = list(load_config(cfg).profile("desktop").world)
         print(f"$ emerge --getbinpkgonly {' '.join(world)}", flush=True)
         client.install(world)
         say("running programs the client installed from the binhost")

@@ -7,6 +7,7 @@ token. Unexpected failures are logged here and answered with a 500 that names th
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -18,7 +19,6 @@ from aiohttp import web
 from swarmnode.errors import UserError
 from swarmnode.node import operations as ops
 from swarmnode.node.runtime import Node
-from swarmnode.portage import signing
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ async def get_cycle(request: web.Request) -> web.Response:
 
 
 async def get_verify(request: web.Request) -> web.Response:
-    return web.json_response(ops.verify(request.app[NODE], _query_profile(request)))
+    return web.json_response(await ops.verify(request.app[NODE], _query_profile(request)))
 
 
 async def post_finalize(request: web.Request) -> web.Response:
@@ -141,7 +141,8 @@ async def post_reset(request: web.Request) -> web.Response:
 
 
 async def get_log(request: web.Request) -> web.Response:
-    data = ops.build_log(request.app[NODE], _query_profile(request), request.match_info["cpv"])
+    data = await ops.build_log(request.app[NODE], _query_profile(request),
+                               request.match_info["cpv"])
     return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
 
@@ -150,15 +151,15 @@ async def get_releases(request: web.Request) -> web.Response:
 
 
 async def get_key(request: web.Request) -> web.Response:
-    return web.Response(text=signing.export_public_key(request.app[NODE].key),
-                        content_type="application/pgp-keys")
+    return web.Response(text=request.app[NODE].public_key, content_type="application/pgp-keys")
 
 
 async def get_binhost(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     profile = request.match_info["profile"]
     node.config.profile(profile)  # 404 for an unknown profile
-    path = node.binhost.resolve(profile, request.match_info["path"])
+    # Off the loop: the first read of an artifact hashes it (a large package takes a while).
+    path = await asyncio.to_thread(node.binhost.resolve, profile, request.match_info["path"])
     return web.FileResponse(path)
 
 

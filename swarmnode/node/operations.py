@@ -19,10 +19,8 @@ from swarmnode.errors import UserError
 from swarmnode.node.commands import command
 from swarmnode.node.runtime import Node
 from swarmnode.portage import atoms, index, planner
-from swarmnode.state.records import Artifact
-from swarmnode.state.risk import risk_score
-
-SAFE_RISK = 15  # a release scoring under this is safe to finalize
+from swarmnode.state.records import BLOCKED, FAILED, UNFINISHED, Artifact
+from swarmnode.state.risk import SAFE_BELOW, risk_score
 
 
 def _ok(result: dict[str, Any], status: int = 409) -> dict[str, Any]:
@@ -95,24 +93,27 @@ def _critical(profile_critical: tuple[str, ...], cpvs: list[str]) -> list[str]:
     return sorted(set(hits))
 
 
-def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
+async def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
     """Risk score 0–100 of finalizing the profile's latest cycle now (under 15 is safe)."""
     profile = node.config.profile(profile_name)
-    state = node.log.state
-    cycle = state.latest_cycle(profile.name)
+    cycle = node.log.state.latest_cycle(profile.name)
     if cycle is None:
         raise UserError(f"profile {profile.name} has no build cycle yet; run `swarmnode fresh`", 409)
-    failed = sorted(c for c, j in cycle.jobs.items() if j.state == "failed")
-    blocked = sorted(c for c, j in cycle.jobs.items() if j.state == "blocked")
-    pending = sorted(c for c, j in cycle.jobs.items() if j.state in ("planned", "ready", "leased"))
-    artifacts = cycle.artifacts()
-    entries, missing = [], []
-    for a in artifacts:
-        try:
-            entries += node.binhost.entries([PackageRef.of(a)])
-        except UserError:
-            missing.append(a.cpv)
-    unmet = index.unmet_runtime_deps(entries)
+    failed, blocked = cycle.cpvs_in(FAILED), cycle.cpvs_in(BLOCKED)
+    pending = sorted(cpv for state in UNFINISHED for cpv in cycle.cpvs_in(state))
+    refs = [PackageRef.of(a) for a in cycle.artifacts()]
+
+    def check_release() -> tuple[list[str], list[str]]:
+        """Reads package metadata from the store (file I/O: off the event loop)."""
+        entries, missing = [], []
+        for ref in refs:
+            try:
+                entries += node.binhost.entries([ref])
+            except UserError:
+                missing.append(ref.cpv)
+        return index.unmet_runtime_deps(entries), missing
+
+    unmet, missing = await asyncio.to_thread(check_release)
     critical = _critical(profile.critical, failed + blocked)
     score, reasons = risk_score(failed, blocked, unmet, critical)
     if missing:
@@ -122,26 +123,26 @@ def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
     if pending:
         reasons.insert(0, f"cycle still has {len(pending)} packages to build")
     return {"profile": profile.name, "cycle_id": cycle.id, "score": score,
-            "safe": score < SAFE_RISK and not pending, "reasons": reasons, "failed": failed,
+            "safe": score < SAFE_BELOW and not pending, "reasons": reasons, "failed": failed,
             "blocked": blocked, "pending": pending, "unmet_runtime_deps": unmet,
-            "critical_failed": critical, "packages": len(artifacts)}
+            "critical_failed": critical, "packages": len(refs)}
 
 
 async def finalize(node: Node, profile_name: str | None, force: bool) -> dict[str, Any]:
     """Record a release of the latest cycle and publish it on this node's binhost."""
-    report = await asyncio.to_thread(verify, node, profile_name)
+    report = await verify(node, profile_name)
     profile = report["profile"]
     if report["pending"]:
         raise UserError(f"cycle {report['cycle_id']} still has {len(report['pending'])} packages "
                         "to build; wait for it (`swarmnode fresh --wait`)", 409)
     if not report["safe"] and not force:
         raise UserError(f"refusing to finalize {profile}: risk score {report['score']} "
-                        f"(safe is under {SAFE_RISK}): " + "; ".join(report["reasons"])
+                        f"(safe is under {SAFE_BELOW}): " + "; ".join(report["reasons"])
                         + ". Fix it, or finalize --force", 409)
     release_id = f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     result = _ok(await node.submit(command("finalize", release_id=release_id, profile=profile,
                                            force=force)))
-    await asyncio.to_thread(node.reconcile_binhost)
+    await node.reconcile_binhost()
     return {"release_id": release_id, "profile": profile, "risk": report,
             "timestamp": result["timestamp"], "result": result,
             "publish_error": node.publish_errors.get(profile)}
@@ -151,7 +152,7 @@ async def rollback(node: Node, profile_name: str | None, release_id: str | None)
     profile = node.config.profile(profile_name)
     result = _ok(await node.submit(command("rollback", profile=profile.name,
                                            release_id=release_id)))
-    await asyncio.to_thread(node.reconcile_binhost)
+    await node.reconcile_binhost()
     return {"profile": profile.name, "release_id": result["release_id"],
             "previous": result["previous"], "timestamp": result["timestamp"],
             "publish_error": node.publish_errors.get(profile.name)}
@@ -164,7 +165,7 @@ async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:
     return _ok(await node.submit(command("reset", **fields)))
 
 
-def build_log(node: Node, profile_name: str | None, cpv: str) -> bytes:
+async def build_log(node: Node, profile_name: str | None, cpv: str) -> bytes:
     """The log of a package's build: live while this node builds it, else its latest attempt."""
     profile = node.config.profile(profile_name)
     cpv = atoms.validate_cpv(cpv)
@@ -176,11 +177,11 @@ def build_log(node: Node, profile_name: str | None, cpv: str) -> bytes:
     if lease is not None and lease.node_id == node.config.node.node_id:
         live = node.paths.builds / str(lease.fence) / "build.log"
         if live.is_file():
-            return live.read_bytes()
+            return await asyncio.to_thread(live.read_bytes)
     if not job.log_sha256:
         where = f" on {lease.node_id}" if lease is not None else ""
         raise UserError(f"{cpv} has no build log yet (state: {job.state}{where})", 404)
-    return node.store.read_bytes(job.log_sha256)
+    return await asyncio.to_thread(node.store.read_bytes, job.log_sha256)
 
 
 def latest_cycle_view(node: Node, profile_name: str | None) -> dict[str, Any]:

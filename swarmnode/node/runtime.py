@@ -70,6 +70,7 @@ class Node:
         self.binhost = Binhost(self.paths.binhost, self.store)
         self.key = signing.ensure_signing_key(self.paths.gpg, name=f"swarmnode {config.cluster.name}")
         self.signing_env = signing.builder_env(self.key)
+        self.public_key = signing.export_public_key(self.key)  # served to clients as is
         self.worker = Worker(self)
         self.started = time.time()
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,53 +131,61 @@ class Node:
                     log.exception("maintenance: expire failed")
 
     # -- make the binhost serve what the state says is in production -------------------------
+    # The state is read on the event loop (where commands are applied, so it never changes
+    # under the reader); only plain data goes to the threads that do the file work.
     async def _publisher(self) -> None:
         last_gc = 0.0
         while True:
-            await asyncio.to_thread(self.reconcile_binhost)
+            await self.reconcile_binhost()
             if time.monotonic() - last_gc >= GC_INTERVAL_S:
                 last_gc = time.monotonic()
-                await asyncio.to_thread(self.collect_garbage)
+                await self.collect_garbage()
             await self.log.wait_changed(5.0)
 
-    def collect_garbage(self, min_age_s: float = GC_MIN_AGE_S) -> int:
+    async def collect_garbage(self, min_age_s: float = GC_MIN_AGE_S) -> int:
         """Delete store objects no kept release or cycle names (pruned releases' packages,
         old logs), so a node's disk does not grow without bound."""
-        with self._reconcile_lock:  # never while a release is being materialised
-            removed = self.store.remove_unreferenced(self.log.state.referenced_objects(),
-                                                     min_age_s)
-            self.store.cleanup_tmp()
+        keep = self.log.state.referenced_objects()
+
+        def sweep() -> list[str]:
+            with self._reconcile_lock:  # never while a release is being materialised
+                removed = self.store.remove_unreferenced(keep, min_age_s)
+                self.store.cleanup_tmp()
+            return removed
+
+        removed = await asyncio.to_thread(sweep)
         if removed:
             log.info("store: removed %d objects no release or cycle uses", len(removed))
         return len(removed)
 
-    def reconcile_binhost(self) -> None:
+    async def reconcile_binhost(self) -> None:
         """Publish every profile's production release locally and prune retired ones.
 
         A profile that cannot be published (e.g. an artifact missing from the store) keeps
         serving its previous release; the error is shown by `status` and retried.
         """
+        state = self.log.state
+        wanted: dict[str, tuple[Publication, set[str]]] = {}
+        for profile in self.config.profiles:
+            prod = state.production(profile)
+            release = state.release(prod.release_id) if prod is not None else None
+            if prod is not None and release is not None:
+                refs = tuple(PackageRef.of(release.packages[c]) for c in sorted(release.packages))
+                wanted[profile] = (Publication(prod.release_id, prod.timestamp, refs),
+                                   {r.id for r in state.releases(profile)})
+        await asyncio.to_thread(self._publish_all, wanted)
+
+    def _publish_all(self, wanted: dict[str, tuple[Publication, set[str]]]) -> None:
         with self._reconcile_lock:
-            for profile in self.config.profiles:
+            for profile, (pub, keep) in wanted.items():
                 try:
-                    self._reconcile_profile(profile)
+                    if self.binhost.current(profile) != (pub.release_id, pub.timestamp):
+                        self.binhost.publish(profile, pub)
+                        log.info("binhost %s now serves release %s (TIMESTAMP %d)", profile,
+                                 pub.release_id, pub.timestamp)
+                    self.binhost.prune(profile, keep)
                     self.publish_errors.pop(profile, None)
                 except Exception as exc:  # logged, shown in status, retried on the next change
                     if self.publish_errors.get(profile) != str(exc):
                         log.error("publishing binhost %s failed: %s", profile, exc)
                     self.publish_errors[profile] = str(exc)
-
-    def _reconcile_profile(self, profile: str) -> None:
-        state = self.log.state
-        prod = state.production(profile)
-        if prod is None:
-            return
-        if self.binhost.current(profile) != (prod.release_id, prod.timestamp):
-            release = state.release(prod.release_id)
-            if release is None:
-                return
-            refs = tuple(PackageRef.of(release.packages[cpv]) for cpv in sorted(release.packages))
-            self.binhost.publish(profile, Publication(prod.release_id, prod.timestamp, refs))
-            log.info("binhost %s now serves release %s (TIMESTAMP %d)", profile,
-                     prod.release_id, prod.timestamp)
-        self.binhost.prune(profile, {r.id for r in state.releases(profile)})

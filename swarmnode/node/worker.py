@@ -128,17 +128,16 @@ class Worker:
 
     async def _build(self, job: dict[str, Any], profile: Any, workdir: Path, log_path: Path,
                      lease: dict[str, Any]) -> builder.BuildResult:
-        staging = await asyncio.to_thread(self._staging, job, workdir / "staging")
+        # Everything the cycle has so far is what dependencies install from. The state is read
+        # here, on the event loop; the thread only links files and writes the index.
+        cycle = self.node.log.state.cycle(job["cycle_id"])
+        refs = [PackageRef.of(a) for a in cycle.artifacts()] if cycle is not None else []
+        staging = await asyncio.to_thread(self.node.binhost.staging, job["profile"], refs,
+                                          workdir / "staging")
         return await builder.build(profile, job["cpv"], staging, workdir / "env", log_path,
                                    cores=int(lease["cores"]), timeout_s=self.cfg.build.timeout_s,
                                    signing_env=self.node.signing_env,
                                    build_id=int(lease["build_id"]))
-
-    def _staging(self, job: dict[str, Any], directory: Path) -> Path:
-        """A PKGDIR with every package the cycle has so far: what dependencies install from."""
-        cycle = self.node.log.state.cycle(job["cycle_id"])
-        refs = [PackageRef.of(a) for a in cycle.artifacts()] if cycle is not None else []
-        return self.node.binhost.staging(job["profile"], refs, directory)
 
     async def _heartbeat(self, fence: int, build: asyncio.Task[Any],
                          lost: asyncio.Event) -> None:
