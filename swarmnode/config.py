@@ -32,10 +32,17 @@ class ProfileConfig:
     targets: tuple[str, ...] = ("@world",)
     world: tuple[str, ...] = ()  # atoms of @world (default: the `world` file in portage_config)
     critical: tuple[str, ...] = ()  # atoms whose failure makes a release unsafe
+    # git URI each repository is synced from, in `repositories` order ("" = not synced);
+    # () when no repository is synced. A synced repository may not exist until its first sync.
+    sync_uris: tuple[str, ...] = ()
 
     @property
     def main_repository(self) -> Path:
         return self.repositories[0]
+
+    def sync_uri(self, repo: Path) -> str:
+        """The URI `repo` is synced from, "" when it is not synced."""
+        return dict(zip(self.repositories, self.sync_uris)).get(repo, "")
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,10 @@ class NodeConfig:
     listen_port: int
     advertise_url: str
     cores: int
+    raft_address: str = ""  # HOST:PORT, this node's one canonical Raft address
     sweeper: bool = False
+    workstation: bool = False  # shared machine: claim only what its own load leaves free
+    reserve_cores: int = 1  # a workstation always keeps this many cores for its user
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,9 @@ class ClusterConfig:
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 300.0
     fail_nodes: int = 2
+    peers: tuple[str, ...] = ()  # Raft addresses (HOST:PORT) of the other voters
+    replicas: int = 2  # copies of every artifact before its job counts as durable
+    down_after_s: float = 3.0  # unreachable this long → the leader marks a node down
 
 
 @dataclass(frozen=True)
@@ -119,8 +132,10 @@ def _profile(name: str, table: dict[str, Any], base: Path) -> ProfileConfig:
     if not isinstance(repos, list) or not repos or not all(isinstance(r, str) for r in repos):
         raise UserError(f"{where}.repositories must be a non-empty list of directories")
     repositories = tuple(_path(base, r) for r in repos)
+    sync_uris = _sync_uris(table, len(repositories), where)
+    unsynced = {r for r, uri in zip(repositories, sync_uris) if uri and _awaits_clone(r)}
     for repo in repositories:
-        if not (repo / "profiles" / "repo_name").is_file():
+        if repo not in unsynced and not (repo / "profiles" / "repo_name").is_file():
             raise UserError(f"{where}: {repo} is not an ebuild repository (no profiles/repo_name)")
     portage_config = None
     if table.get("portage_config") is not None:
@@ -130,7 +145,8 @@ def _profile(name: str, table: dict[str, Any], base: Path) -> ProfileConfig:
     portage_profile = _get(table, "portage_profile", str, "", where)
     if not portage_profile or ".." in Path(portage_profile).parts:
         raise UserError(f"{where}.portage_profile must name a profile under the repository's profiles/")
-    if not (repositories[0] / "profiles" / portage_profile).is_dir():
+    if (repositories[0] not in unsynced  # checked once the first sync has cloned it
+            and not (repositories[0] / "profiles" / portage_profile).is_dir()):
         raise UserError(f"{where}.portage_profile: {repositories[0]}/profiles/{portage_profile} does not exist")
     distfiles = _path(base, _get(table, "distfiles", str, "", where) or "distfiles")
     if not distfiles.is_dir():
@@ -139,7 +155,33 @@ def _profile(name: str, table: dict[str, Any], base: Path) -> ProfileConfig:
     world = tuple(_get(table, "world", list, [], where)) or _read_world(portage_config)
     critical = tuple(_get(table, "critical", list, [], where))
     return ProfileConfig(name, portage_config, repositories, portage_profile, distfiles,
-                         targets, world, critical)
+                         targets, world, critical, sync_uris)
+
+
+_SYNC_URI = re.compile(r"^(?:(?:https|git|ssh)://[^\s/]|file:///|git@[^\s:]+:)\S*$")
+
+
+def _sync_uris(table: dict[str, Any], count: int, where: str) -> tuple[str, ...]:
+    """`sync_uris`: () or one git URI per repository ("" = that repository is not synced)."""
+    uris = table.get("sync_uris", [])
+    if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+        raise UserError(f'{where}.sync_uris must be a list of strings, one per repository ("" = not synced)')
+    if uris and len(uris) != count:
+        raise UserError(f"{where}.sync_uris has {len(uris)} entries but repositories has {count}; "
+                        'give one per repository ("" = not synced)')
+    for i, uri in enumerate(uris):
+        if uri and not _SYNC_URI.match(uri):
+            raise UserError(f"{where}.sync_uris[{i}] must be empty or a git URI starting with "
+                            f"file:///, https://, git://, ssh:// or git@HOST:, got {uri!r}")
+    return tuple(uris)
+
+
+def _awaits_clone(repo: Path) -> bool:
+    """A synced repository that the first sync has yet to clone: missing or an empty directory."""
+    try:
+        return not repo.exists() or (repo.is_dir() and not any(repo.iterdir()))
+    except OSError:
+        return False
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -147,6 +189,27 @@ def _listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"node.listen must be HOST:PORT, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _raft_address(value: str, where: str) -> str:
+    """HOST:PORT exactly as every node writes it (Raft identifies a node by this string)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or "/" in value or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{where} must be HOST:PORT (e.g. 192.168.1.10:7701), got {value!r}")
+    return value
+
+
+def _peers(values: list[Any], self_address: str) -> tuple[str, ...]:
+    """The other voters' Raft addresses; this node's own address may be listed (one shared
+    list for every node) and is dropped."""
+    out: list[str] = []
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise UserError(f"cluster.peers[{i}] must be a \"HOST:PORT\" string, got {value!r}")
+        address = _raft_address(value.strip(), f"cluster.peers[{i}]")
+        if address != self_address and address not in out:
+            out.append(address)
+    return tuple(out)
 
 
 def _secret(table: dict[str, Any], base: Path) -> str:
@@ -201,6 +264,12 @@ def load_config(path: str | Path) -> Config:
     if not _NAME.match(node_id):
         raise UserError(f"node.id {node_id!r} must be letters, digits, '.', '_' or '-'")
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    raft = _get(node_t, "raft", str, "", "node")
+    if not raft:
+        if host in ("0.0.0.0", "::"):
+            raise UserError("node.raft must be set (HOST:PORT other nodes use to reach this one) "
+                            "when node.listen is a wildcard address")
+        raft = f"{host}:{port + 1}"
     node = NodeConfig(
         node_id=node_id,
         data_dir=_path(base, _get(node_t, "data_dir", str, "/var/lib/swarmnode", "node")),
@@ -208,7 +277,10 @@ def load_config(path: str | Path) -> Config:
         listen_port=port,
         advertise_url=_get(node_t, "url", str, f"http://{url_host}:{port}", "node").rstrip("/"),
         cores=_get(node_t, "cores", int, 0, "node") or (os.cpu_count() or 1),
+        raft_address=_raft_address(raft, "node.raft"),
         sweeper=_get(node_t, "sweeper", bool, False, "node"),
+        workstation=_get(node_t, "workstation", bool, False, "node"),
+        reserve_cores=_get(node_t, "reserve_cores", int, 1, "node"),
     )
     cl = raw.get("cluster", {})
     cluster = ClusterConfig(
@@ -217,7 +289,12 @@ def load_config(path: str | Path) -> Config:
         breaker_threshold=_get(cl, "breaker_threshold", int, 5, "cluster"),
         breaker_cooldown_s=_get(cl, "breaker_cooldown_s", float, 300.0, "cluster"),
         fail_nodes=_get(cl, "fail_nodes", int, 2, "cluster"),
+        peers=_peers(_get(cl, "peers", list, [], "cluster"), node.raft_address),
+        replicas=_get(cl, "replicas", int, 2, "cluster"),
+        down_after_s=_get(cl, "down_after_s", float, 3.0, "cluster"),
     )
+    if cluster.replicas < 1:
+        raise UserError("cluster.replicas must be at least 1")
     bt = raw.get("build", {})
     build = BuildConfig(
         timeout_s=_get(bt, "timeout_s", float, 4 * 3600.0, "build"),

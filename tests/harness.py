@@ -59,12 +59,19 @@ class NodeProc:
     profiles_toml: str
     secret: str = "test-secret-0123456789abcdef"
     port: int = field(default_factory=free_port)
-    extra_toml: str = ""
+    raft_port: int = field(default_factory=free_port)
+    peers: list[str] = field(default_factory=list)  # Raft addresses of the whole cluster
+    extra_toml: str = ""  # appended to [build] (may open further tables)
+    cluster_toml: str = ""  # appended to [cluster]
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def raft(self) -> str:
+        return f"127.0.0.1:{self.raft_port}"
 
     @property
     def config(self) -> Path:
@@ -85,11 +92,14 @@ class NodeProc:
 id = "{self.node_id}"
 data_dir = "{self.data_dir}"
 listen = "127.0.0.1:{self.port}"
+raft = "{self.raft}"
 cores = 2
 
 [cluster]
 name = "test"
 secret = "{self.secret}"
+peers = {json.dumps(self.peers)}
+{self.cluster_toml}
 
 [build]
 lease_ttl_s = 6

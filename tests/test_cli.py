@@ -55,7 +55,7 @@ def test_help_lists_every_command() -> None:
     proc = swarmnode("--help")
     assert proc.returncode == 0
     for command in ("serve", "fresh", "status", "verify", "finalize", "rollback", "reset",
-                    "logs", "jobs", "releases", "key", "init"):
+                    "logs", "jobs", "releases", "key", "init", "nodes", "sync"):
         assert command in proc.stdout
 
 

@@ -53,6 +53,16 @@ def test_example_config_loads_with_relative_paths(monkeypatch: pytest.MonkeyPatc
     ("this is = = not toml", "not valid TOML"),
     (f"[cluster]\nsecret = '{SECRET}'\n" + profile_table().replace("example/distfiles", "nope"),
      "distfiles"),
+    (f"[node]\nraft = 'no-port'\n[cluster]\nsecret = '{SECRET}'\n" + profile_table(),
+     "node.raft must be HOST:PORT"),
+    (f"[node]\nlisten = '0.0.0.0:7700'\n[cluster]\nsecret = '{SECRET}'\n" + profile_table(),
+     "node.raft must be set"),
+    (f"[cluster]\nsecret = '{SECRET}'\npeers = ['10.0.0.1']\n" + profile_table(),
+     "cluster.peers[0] must be HOST:PORT"),
+    (f"[cluster]\nsecret = '{SECRET}'\npeers = [7701]\n" + profile_table(),
+     "cluster.peers[0] must be a"),
+    (f"[cluster]\nsecret = '{SECRET}'\nreplicas = 0\n" + profile_table(),
+     "cluster.replicas must be at least 1"),
 
 ])
 def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str,
@@ -80,3 +90,13 @@ def test_unknown_profile_names_the_known_ones(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_peers_drop_this_nodes_own_address_and_duplicates(tmp_path: Path) -> None:
+    body = (f"[node]\nlisten = '127.0.0.1:7700'\n[cluster]\nsecret = '{SECRET}'\n"
+            "peers = ['127.0.0.1:7701', '10.0.0.2:7701', '10.0.0.2:7701', '10.0.0.3:7701']\n"
+            + profile_table())
+    cfg = load_config(write(tmp_path, body))
+    assert cfg.node.raft_address == "127.0.0.1:7701"  # default: listen port + 1
+    assert cfg.cluster.peers == ("10.0.0.2:7701", "10.0.0.3:7701")
+    assert cfg.cluster.replicas == 2

@@ -41,9 +41,9 @@ def node(tmp_path_factory: pytest.TempPathFactory):
     n.stop()
 
 
-def packages_index(n: NodeProc) -> dict[str, dict[str, str]]:
+def packages_index(n: NodeProc, profile: str = "desktop") -> dict[str, dict[str, str]]:
     """The served Packages index, parsed: cpv -> entry (and "" -> header)."""
-    status, body = n.http("GET", "/binhost/desktop/Packages")
+    status, body = n.http("GET", f"/binhost/{profile}/Packages")
     assert status == 200, body
     blocks = body.decode().strip().split("\n\n")
     parsed = {}
@@ -53,16 +53,16 @@ def packages_index(n: NodeProc) -> dict[str, dict[str, str]]:
     return parsed
 
 
-def served_release_is_whole(n: NodeProc) -> str:
+def served_release_is_whole(n: NodeProc, profile: str = "desktop") -> str:
     """Every package the index names is served with the index's size and digest."""
-    index = packages_index(n)
-    gz_status, gz = n.http("GET", "/binhost/desktop/Packages.gz")
+    index = packages_index(n, profile)
+    gz_status, gz = n.http("GET", f"/binhost/{profile}/Packages.gz")
     assert gz_status == 200
-    assert gzip.decompress(gz) == n.http("GET", "/binhost/desktop/Packages")[1]
+    assert gzip.decompress(gz) == n.http("GET", f"/binhost/{profile}/Packages")[1]
     for cpv, entry in index.items():
         if not cpv:
             continue
-        status, data = n.http("GET", "/binhost/desktop/" + entry["PATH"])
+        status, data = n.http("GET", f"/binhost/{profile}/" + entry["PATH"])
         assert status == 200, f"{cpv}: {data[:200]!r}"
         assert len(data) == int(entry["SIZE"])
         assert hashlib.sha1(data).hexdigest() == entry["SHA1"]

@@ -7,6 +7,7 @@ import pickle
 import random
 from typing import Any
 
+import msgpack
 import pytest
 
 from swarmnode.state import (BLOCKED, BUILT, FAILED, LEASED, PLANNED, READY, SwarmState)
@@ -36,10 +37,11 @@ class Swarm:
         return res
 
     def node(self, node_id: str, cores: int = 4, profiles: tuple[str, ...] = (P,),
-             tree_versions: dict[str, str] | None = None) -> dict:
+             tree_versions: dict[str, str] | None = None, sweeper: bool = False,
+             raft: str | None = None) -> dict:
         return self.ok("register_node", node_id=node_id, url=f"http://{node_id}:7000",
-                       cores=cores, profiles=list(profiles), sweeper=False,
-                       tree_versions=tree_versions or {})
+                       cores=cores, profiles=list(profiles), sweeper=sweeper,
+                       tree_versions=tree_versions or {}, raft=raft)
 
     def cycle(self, cycle_id: str, jobs: dict[str, list[str]], profile: str = P,
               reused: list[dict] | None = None, tree_version: str = "") -> dict:
@@ -72,9 +74,9 @@ class Swarm:
         return self.s.find_job(profile, cpv)
 
 
-def reused_art(cpv: str, build_id: int = 3) -> dict:
+def reused_art(cpv: str, build_id: int = 3, holders: tuple[str, ...] = ("n1",)) -> dict:
     return {"cpv": cpv, "sha256": "old-" + cpv, "size": 7, "build_id": build_id, "slot": "0",
-            "subslot": "", "use": [], "repo": "gentoo"}
+            "subslot": "", "use": [], "repo": "gentoo", "holders": list(holders)}
 
 
 CHAIN = {"a/x-1": [], "a/y-1": ["a/x-1"], "a/z-1": ["a/y-1"]}
@@ -137,6 +139,7 @@ def test_build_id_is_allocated_with_the_lease_and_never_reused() -> None:
 
 def test_empty_cycle_is_complete_and_finalizes() -> None:
     w = Swarm()
+    w.node("n1")  # the reused package's holder: finalize publishes only stored bytes
     res = w.cycle("c1", {}, reused=[reused_art("b/keep-1")])
     assert res["ok"] and res["complete"]
     assert w.ok("finalize", release_id="r1", profile=P)["packages"] == 1
@@ -214,9 +217,17 @@ def _idempotency_scenarios() -> list[tuple[str, Any]]:
         w.node("n2")
         return {"node_id": "n2", "sha256": "sha-a/x-1"}
 
+    def node_down(w: Swarm) -> dict:
+        leased(w)
+        return {"up": ["n2"], "down": ["n1"]}
+
+    def tree_report(w: Swarm) -> dict:
+        w.node("n1")
+        return {"node_id": "n1", "tree_versions": {P: "t7"}, "sync_id": "s1", "error": ""}
+
     return [
         ("register_node", lambda w: {"node_id": "n9", "url": "u", "cores": 2, "profiles": [P],
-                                     "sweeper": True, "tree_versions": {}}),
+                                     "sweeper": True, "tree_versions": {}, "raft": "h:1"}),
         ("start_cycle", lambda w: {"cycle_id": "c9", "profile": P, "tree_version": "t",
                                    "targets": [], "jobs": [{"cpv": "a/x-1"}], "reused": []}),
         ("claim", lambda w: (base(w), {"node_id": "n1", "free_cores": 4,
@@ -233,6 +244,9 @@ def _idempotency_scenarios() -> list[tuple[str, Any]]:
         ("finalize", lambda w: (built_cycle(w), {"release_id": "r1", "profile": P,
                                                  "force": False})[1]),
         ("rollback", lambda w: (released(w), {"profile": P})[1]),
+        ("node_status", node_down),
+        ("request_sync", lambda w: {"sync_id": "s1"}),
+        ("tree_report", tree_report),
     ]
 
 
@@ -464,6 +478,7 @@ def test_artifact_stored_adds_holder_everywhere() -> None:
     w = Swarm()
     w.node("n1")
     w.node("n2")
+    w.ok("configure", replicas=1)  # finalize with n1's copy alone, then replicate
     w.cycle("c1", {"a/x-1": []})
     w.build("n1")
     w.ok("finalize", release_id="r1", profile=P)
@@ -571,6 +586,22 @@ BAD_COMMANDS = [
     {"op": "rollback", "rid": "b", "ts": 1.0, "profile": P},
     {"op": "artifact_stored", "rid": "b", "ts": 1.0, "node_id": "ghost", "sha256": "x"},
     {"op": "reset", "rid": "b", "ts": 1.0, "profile": "nosuchprofile"},
+    {"op": "register_node", "rid": "b", "ts": 1.0, "node_id": "n", "url": "u", "cores": 2,
+     "profiles": [P], "raft": 4321},
+    {"op": "configure", "rid": "b", "ts": 1.0, "replicas": 0},
+    {"op": "node_status", "rid": "b", "ts": 1.0, "down": ["ghost"]},
+    {"op": "node_status", "rid": "b", "ts": 1.0, "up": ["n1", "ghost"]},
+    {"op": "node_status", "rid": "b", "ts": 1.0, "up": ["n1"], "down": ["n1"]},
+    {"op": "node_status", "rid": "b", "ts": 1.0, "down": "n1"},
+    {"op": "request_sync", "rid": "b", "ts": 1.0},
+    {"op": "request_sync", "rid": "b", "ts": 1.0, "sync_id": ""},
+    {"op": "tree_report", "rid": "b", "ts": 1.0, "node_id": "ghost", "tree_versions": {}},
+    {"op": "tree_report", "rid": "b", "ts": 1.0, "node_id": "n1", "tree_versions": {P: 2}},
+    {"op": "tree_report", "rid": "b", "ts": 1.0, "node_id": "n1"},
+    {"op": "tree_report", "rid": "b", "ts": 1.0, "node_id": "n1", "tree_versions": {},
+     "error": ["x"]},
+    {"op": "barrier", "rid": "b"},
+    {"op": "barrier", "ts": 1.0},
 ]
 
 
@@ -605,6 +636,8 @@ def _check_invariants(s: SwarmState) -> None:
         by_job[key] = fence
         job = s.cycle(lease.cycle_id).jobs[lease.cpv]
         assert job.state == LEASED and job.lease == fence
+        holder = s.node(lease.node_id)  # a node going down loses its live leases at once
+        assert holder.up or lease.expires_at < holder.down_since, f"down node holds {fence}"
     seen_ids: set[tuple[str, int]] = set()
     for cyc in s.cycles.values():
         for cpv, job in cyc.jobs.items():
@@ -667,11 +700,18 @@ def _random_sequence(rng: random.Random) -> tuple[Swarm, list[dict], list[dict]]
                        force=rng.random() < 0.5)
         elif roll < 0.91:
             res = w.do("rollback", profile=rng.choice(profiles))
-        elif roll < 0.94:
+        elif roll < 0.93:
             res = w.do("configure", breaker_threshold=rng.randint(1, 4),
                        fail_nodes=rng.randint(1, 3), keep_releases=rng.randint(1, 3),
-                       breaker_cooldown_s=rng.choice([0.0, 50.0]))
-        elif roll < 0.97 and w.log:
+                       breaker_cooldown_s=rng.choice([0.0, 50.0]),
+                       replicas=rng.randint(1, 3))
+        elif roll < 0.96:
+            down = rng.sample(nodes, rng.randint(0, len(nodes)))
+            up = [n for n in nodes if n not in down and rng.random() < 0.7]
+            if rng.random() < 0.1:
+                up.append(rng.choice(["ghost", *down]))  # refused: unknown or both
+            res = w.do("node_status", up=up, down=down)
+        elif roll < 0.975 and w.log:
             old = rng.choice(w.log)       # a client retry of any earlier command
             stored = old["rid"] in w.s.applied
             before = w.s.digest()
@@ -712,3 +752,336 @@ def test_referenced_objects_are_what_kept_releases_and_cycles_name() -> None:
     refs = w.s.referenced_objects()
     assert "sha-a/x-2" in refs and "log-a_x-2" in refs
     assert "sha-a/x-1" not in refs and "log-a_x-1" not in refs  # r1 and c1 were pruned
+
+
+# ---------------------------------------------------------------------------- node status
+
+
+def test_node_going_down_loses_its_leases_at_once_and_its_late_result_is_stale() -> None:
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.node(n)
+    w.cycle("c1", {"a/x-1": [], "b/y-1": []})
+    lost, kept = w.claim("n1", ttl=600), w.claim("n2", ttl=600)
+    assert (lost["job"]["cpv"], kept["job"]["cpv"]) == ("a/x-1", "b/y-1")
+    w.ts += 3
+    res = w.ok("node_status", up=["n2", "n3"], down=["n1"])
+    fence = lost["lease"]["fence"]
+    assert res == {"ok": True, "went_down": ["n1"], "came_up": [],
+                   "revoked": [["c1", "a/x-1", "n1", fence]]}
+    job = w.job("a/x-1")
+    assert job.state == READY and job.lease is None and job.attempts == 1
+    assert w.s.lease(fence) is None and w.s.lease(kept["lease"]["fence"]) is not None
+    assert w.s.counters["revoked_leases"] == 1
+    node = w.s.node("n1")
+    assert node.up is False and node.down_since == w.ts
+    # the down node keeps talking: its heartbeat says lost, its claims are refused
+    beat = w.do("heartbeat", node_id="n1", fence=fence, lease_ttl_s=60)
+    assert beat["ok"] is False and beat["lost"] is True
+    before = w.s.digest()
+    refused = w.claim("n1")
+    assert refused == {"ok": True, "job": None,
+                       "reason": "node n1 is marked down; it claims again once the leader sees it"}
+    assert w.s.digest() == before
+    again = w.claim("n3")
+    assert again["job"]["cpv"] == "a/x-1" and again["lease"]["fence"] > fence
+    stale = w.finish("n1", lost)
+    assert stale["ok"] is False and stale["stale"] is True
+    assert w.s.counters["stale_completions"] == 1
+    assert w.job("a/x-1").lease == again["lease"]["fence"] and w.job("a/x-1").artifact is None
+    # saying it again changes nothing; coming back clears down_since
+    before = w.s.digest()
+    w.ts += 5
+    assert w.ok("node_status", down=["n1"]) == {"ok": True, "went_down": [], "came_up": [],
+                                                "revoked": []}
+    assert w.s.digest() == before and w.s.node("n1").down_since == w.ts - 5
+    assert w.ok("node_status", up=["n1"])["came_up"] == ["n1"]
+    assert w.s.node("n1").up and w.s.node("n1").down_since is None
+    assert "nothing ready" in w.claim("n1")["reason"]
+
+
+def test_registering_marks_a_down_node_up() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.ok("node_status", down=["n1"])
+    assert w.claim("n1")["job"] is None
+    w.node("n1", raft="10.0.0.1:4321")
+    node = w.s.node("n1")
+    assert node.up and node.down_since is None and node.raft == "10.0.0.1:4321"
+    w.cycle("c1", {"a/x-1": []})
+    assert w.claim("n1")["job"]["cpv"] == "a/x-1"
+
+
+# ---------------------------------------------------------------------------- durability
+
+
+def test_under_replicated_tracks_live_holders_with_two_replicas_on_three_nodes() -> None:
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.node(n)
+    w.cycle("c1", {"a/x-1": []})
+    w.build("n1")
+    art = w.job("a/x-1").artifact
+    assert w.s.replica_target() == 2
+    assert w.s.live_holders(art) == ["n1"] and not w.s.durable(art)
+    assert w.s.under_replicated() == [{"sha256": "sha-a/x-1", "size": 100, "cpv": "a/x-1",
+                                       "holders": ["n1"], "missing": 1}]
+    summary = w.s.summary()
+    assert summary["under_replicated"] == 1 and summary["replica_target"] == 2
+    w.ok("artifact_stored", node_id="n2", sha256="sha-a/x-1")
+    assert w.s.durable(art) and w.s.under_replicated() == []
+    # a holder going down makes it under-replicated again; a copy on n3 fixes that
+    w.ok("node_status", down=["n2"])
+    assert w.s.replica_target() == 2 and art.holders == ["n1", "n2"]
+    assert w.s.under_replicated() == [{"sha256": "sha-a/x-1", "size": 100, "cpv": "a/x-1",
+                                       "holders": ["n1"], "missing": 1}]
+    w.ok("artifact_stored", node_id="n3", sha256="sha-a/x-1")
+    assert w.s.live_holders(art) == ["n1", "n3"] and w.s.under_replicated() == []
+    # with one node up the target shrinks to what the swarm can hold
+    w.ok("node_status", up=["n2"], down=["n1", "n3"])
+    assert w.s.replica_target() == 1 and w.s.live_holders(art) == ["n2"]
+    assert w.s.durable(art)
+    w.ok("node_status", up=["n1", "n3"])
+    w.ok("configure", replicas=3)
+    assert w.s.replica_target() == 3 and w.s.durable(art)
+    assert w.s.summary()["under_replicated"] == 0
+
+
+def test_under_replicated_lists_each_sha_once_across_cycles_and_releases() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.cycle("c1", {"a/x-1": []}, reused=[reused_art("b/old-1", holders=("n1", "n2")),
+                                         reused_art("c/few-1", holders=("n2",))])
+    w.build("n1")
+    w.ok("artifact_stored", node_id="n2", sha256="sha-a/x-1")
+    w.ok("configure", replicas=1)
+    w.ok("finalize", release_id="r1", profile=P)     # each sha is now in c1 and in r1
+    w.ok("configure", replicas=2)
+    assert [(e["cpv"], e["holders"], e["missing"]) for e in w.s.under_replicated()] == [
+        ("c/few-1", ["n2"], 1)]
+    w.ok("node_status", down=["n2"])                 # target 1: c/few-1 has no live copy
+    assert [(e["cpv"], e["holders"], e["missing"]) for e in w.s.under_replicated()] == [
+        ("c/few-1", [], 1)]
+    w.node("n3")                                     # target 2 with n1 and n3 up
+    entries = w.s.under_replicated()
+    assert [e["sha256"] for e in entries] == ["old-b/old-1", "old-c/few-1", "sha-a/x-1"]
+    assert [e["holders"] for e in entries] == [["n1"], [], ["n1"]]
+    assert [e["missing"] for e in entries] == [1, 2, 1]
+    assert entries[1] == {"sha256": "old-c/few-1", "size": 7, "cpv": "c/few-1",
+                          "holders": [], "missing": 2}
+
+
+def test_finalize_waits_until_every_package_is_durable() -> None:
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.node(n)
+    w.cycle("c1", {"a/x-1": [], "b/y-1": []}, reused=[reused_art("c/old-1", holders=("n1", "n3"))])
+    w.build("n1")
+    w.build("n1")
+    before = w.s.digest()
+    for force in (False, True):  # force overrides failed jobs, never missing copies
+        err = w.do("finalize", release_id="r1", profile=P, force=force)["error"]
+        assert err == ("finalize: 2 packages are not yet stored on 2 nodes (a/x-1, b/y-1); "
+                       "replication catches up within seconds — try again")
+    assert w.s.digest() == before
+    w.ok("artifact_stored", node_id="n2", sha256="sha-a/x-1")
+    err = w.do("finalize", release_id="r1", profile=P)["error"]
+    assert err.startswith("finalize: 1 package is not yet stored on 2 nodes (b/y-1);")
+    w.ok("artifact_stored", node_id="n3", sha256="sha-b/y-1")
+    res = w.ok("finalize", release_id="r1", profile=P)
+    assert res["packages"] == 3 and w.s.production(P).release_id == "r1"
+    assert w.s.release("r1").packages["b/y-1"].holders == ["n1", "n3"]
+
+
+def test_finalize_refusal_names_at_most_five_packages() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("n2")
+    w.cycle("c1", {f"a/p{i}-1": [] for i in range(7)})
+    for _ in range(7):
+        w.build("n1")
+    err = w.do("finalize", release_id="r1", profile=P)["error"]
+    assert err == ("finalize: 7 packages are not yet stored on 2 nodes (a/p0-1, a/p1-1, a/p2-1, "
+                   "a/p3-1, a/p4-1, …); replication catches up within seconds — try again")
+
+
+def test_single_node_swarm_finalizes_at_once() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.cycle("c1", {"a/x-1": []})
+    w.build("n1")
+    assert w.s.replica_target() == 1 and w.s.under_replicated() == []
+    assert w.ok("finalize", release_id="r1", profile=P)["packages"] == 1
+
+
+# ---------------------------------------------------------------------------- sweepers
+
+
+def test_sweeper_takes_retries_then_longest_jobs_others_the_critical_path() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("sw", profiles=(P, "server"), sweeper=True)
+    w.node("n3", profiles=("server",))
+    w.cycle("c0", {"w/long-1": []})
+    w.finish("n1", w.claim("n1"), duration=200.0)    # 1 core: w/long costs 200 core-s
+    w.cycle("s1", {"m/flaky-1": []}, profile="server")
+    assert w.finish("n3", w.claim("n3"), success=False)["state"] == READY  # a retry now
+    chain = {"z/a-1": [], "z/b-1": ["z/a-1"], "z/c-1": ["z/b-1"], "z/d-1": ["z/c-1"]}
+    w.cycle("c1", {**chain, "w/long-2": [], "a/short-1": []})
+    # same state, two kinds of node: the normal one takes the 240 s chain head
+    twin = Swarm(SwarmState.from_bytes(w.s.to_bytes()))
+    twin.ts = w.ts
+    assert twin.claim("n1")["job"]["cpv"] == "z/a-1"
+    # the sweeper: retry first (60 s), then the longest estimate (200 s), then cpv order
+    assert [w.claim("sw")["job"]["cpv"] for _ in range(3)] == ["m/flaky-1", "w/long-2",
+                                                               "a/short-1"]
+    assert w.claim("n1")["job"]["cpv"] == "z/a-1"
+
+
+def test_sweeper_ranks_a_job_whose_lease_expired_as_a_retry() -> None:
+    w = Swarm()
+    w.node("n1")
+    w.node("sw", sweeper=True)
+    w.cycle("c0", {"w/long-1": []})
+    w.finish("n1", w.claim("n1"), duration=200.0)
+    w.cycle("c1", {"a/short-1": [], "w/long-2": []})
+    assert w.claim("n1", ttl=600)["job"]["cpv"] == "w/long-2"
+    assert w.claim("n1", ttl=5)["job"]["cpv"] == "a/short-1"
+    w.ts += 10
+    w.ok("expire")                                # a/short-1 lost its lease: attempts 1
+    w.ok("reset", profile=P)                      # w/long-2 back to ready, attempts 0
+    assert (w.job("a/short-1").attempts, w.job("w/long-2").attempts) == (1, 0)
+    assert w.job("a/short-1").failed_nodes == []
+    assert w.claim("sw")["job"]["cpv"] == "a/short-1"
+    assert w.claim("sw")["job"]["cpv"] == "w/long-2"
+
+
+# ---------------------------------------------------------------------------- tree versions
+
+
+def test_claims_of_a_pinned_cycle_need_exactly_its_tree_version() -> None:
+    w = Swarm()
+    for n in ("old", "new", "silent"):
+        w.node(n)
+    w.ok("tree_report", node_id="old", tree_versions={P: "V1"})
+    w.ok("tree_report", node_id="new", tree_versions={P: "V2", "server": "V1"})
+    w.cycle("c1", {"a/x-1": [], "a/y-1": []}, tree_version="V2")
+    before = w.s.digest()
+    assert w.claim("old")["reason"] == (
+        "no ready job node old can take: its portage tree for desktop is at V1, the cycle is "
+        "pinned to V2; run `swarmnode sync`")
+    assert w.claim("silent")["reason"] == (
+        "no ready job node silent can take: its portage tree for desktop has not been "
+        "reported, the cycle is pinned to V2; run `swarmnode sync`")
+    assert w.s.digest() == before
+    assert w.claim("new")["job"]["cpv"] == "a/x-1"
+    w.ok("tree_report", node_id="old", tree_versions={P: "V2"}, sync_id="s1")
+    assert w.claim("old")["job"]["cpv"] == "a/y-1"
+
+
+def test_an_unpinned_cycle_takes_any_tree() -> None:
+    w = Swarm()
+    w.node("silent")
+    w.cycle("c1", {"a/x-1": []})
+    assert w.claim("silent")["job"]["cpv"] == "a/x-1"
+
+
+def test_request_sync_tree_report_and_barrier() -> None:
+    w = Swarm()
+    w.node("n1", raft="n1.lan:7001")
+    res = w.ok("request_sync", sync_id="s1")
+    assert res == {"ok": True, "sync": {"id": "s1", "ts": w.ts}, "new": True}
+    before = w.s.digest()
+    w.ts += 5
+    again = w.ok("request_sync", sync_id="s1")        # a second request for the same sync
+    assert again["new"] is False and again["sync"] == {"id": "s1", "ts": w.ts - 5}
+    assert w.s.digest() == before
+    w.ok("tree_report", node_id="n1", tree_versions={P: "V1"}, sync_id="s1",
+         error="emerge --sync: rsync timed out")
+    node = w.s.node("n1")
+    assert (node.tree_versions, node.sync_id, node.sync_error) == (
+        {P: "V1"}, "s1", "emerge --sync: rsync timed out")
+    w.ok("tree_report", node_id="n1", tree_versions={P: "V2"})  # sync_id/error default ""
+    assert (w.s.node("n1").sync_id, w.s.node("n1").sync_error) == ("", "")
+    summary = json.loads(json.dumps(w.s.summary()))
+    assert summary["sync"] == {"id": "s1", "ts": w.ts - 5}
+    entry = summary["nodes"][0]
+    assert {k: entry[k] for k in ("up", "raft", "down_since", "sync_id", "sync_error",
+                                  "tree_versions")} == {
+        "up": True, "raft": "n1.lan:7001", "down_since": None, "sync_id": "", "sync_error": "",
+        "tree_versions": {P: "V2"}}
+    clone = SwarmState.from_bytes(w.s.to_bytes())
+    assert clone.sync == w.s.sync and clone.node("n1") == w.s.node("n1")
+    before, applied = w.s.digest(), len(w.s.applied)
+    assert w.do("barrier", rid="b1") == {"ok": True}
+    assert w.do("barrier", rid="b1") == {"ok": True}
+    assert w.s.digest() == before and len(w.s.applied) == applied
+
+
+def test_a_snapshot_of_another_format_is_refused() -> None:
+    raw = SwarmState().to_dict()
+    raw["version"] = 1
+    with pytest.raises(ValueError, match="unsupported swarm state format 1"):
+        SwarmState.from_bytes(msgpack.packb(raw, use_bin_type=True))
+
+
+# ---------------------------------------------------------------------------- determinism (2)
+
+
+def _swarm_script(w: Swarm) -> None:
+    for n in ("n1", "n2", "n3"):
+        w.node(n, raft=f"{n}:7001", sweeper=n == "n3")
+    w.ok("request_sync", sync_id="s1")
+    for n in ("n1", "n2", "n3"):
+        w.ok("tree_report", node_id=n, tree_versions={P: "V1"}, sync_id="s1")
+    w.cycle("c1", {"a/x-1": [], "a/y-1": ["a/x-1"], "b/q-1": [], "b/r-1": []}, tree_version="V1")
+    c1, c2, c3 = w.claim("n1"), w.claim("n2"), w.claim("n3")
+    w.ts += 7
+    w.ok("node_status", down=["n2"])
+    w.finish("n1", c1, duration=30.0)
+    w.finish("n2", c2)                                  # stale: revoked
+    w.finish("n3", c3, duration=90.0)
+    w.ok("artifact_stored", node_id="n3", sha256=f"sha-{c1['job']['cpv']}")
+    w.ok("node_status", up=["n2"])
+    w.do("barrier")
+
+
+def test_same_swarm_commands_give_same_digest_and_survive_a_snapshot() -> None:
+    a, b = Swarm(), Swarm()
+    _swarm_script(a)
+    assert a.s.counters["revoked_leases"] == 1 and a.s.counters["stale_completions"] == 1
+    for cmd in a.log:
+        b.s.apply(dict(cmd))
+    assert a.s.digest() == b.s.digest()
+    restored = SwarmState.from_bytes(a.s.to_bytes())
+    assert restored.digest() == a.s.digest()
+    assert restored.under_replicated() == a.s.under_replicated() != []
+    assert restored.summary() == a.s.summary()
+
+
+def test_the_first_signing_key_offered_becomes_the_swarms() -> None:
+    sw = Swarm()
+    first = sw.ok("set_signing_key", fingerprint="AAA", public_key="pub-a", secret="enc-a")
+    assert first["accepted"] and first["fingerprint"] == "AAA"
+    digest = sw.s.digest()
+    second = sw.ok("set_signing_key", fingerprint="BBB", public_key="pub-b", secret="enc-b")
+    assert not second["accepted"]
+    assert (second["fingerprint"], second["secret"]) == ("AAA", "enc-a")  # adopt this one
+    assert sw.s.digest() == digest
+    assert SwarmState.from_bytes(sw.s.to_bytes()).signing["fingerprint"] == "AAA"
+
+
+def test_a_build_that_could_not_run_is_requeued_without_failing_the_package() -> None:
+    sw = Swarm()
+    sw.node("n1")
+    assert sw.cycle("c1", {"app-misc/a-1": []})["ok"]
+    claim = sw.claim("n1")
+    res = sw.finish("n1", claim, success=False, not_run=True)
+    assert res["ok"] and res["requeued"] and res["state"] == READY
+    job = sw.s.cycle("c1").jobs["app-misc/a-1"]
+    assert job.failed_nodes == [] and job.state == READY and job.lease is None
+    assert sw.s.node("n1").consecutive_failures == 1  # the node's breaker still counts it
+    again = sw.claim("n1")
+    bad = sw.finish("n1", again, success=True, not_run=True)
+    assert not bad["ok"] and "cannot both succeed" in bad["error"]

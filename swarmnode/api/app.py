@@ -46,10 +46,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                       "the serve command's stderr)"}, status=500)
 
 
+#: GET routes that are cluster traffic (store objects: build logs and artifacts of any cycle).
+PEER_ONLY = ("/api/v1/objects/",)
+
+
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Mutating calls need `Authorization: Bearer <cluster secret>`."""
-    if request.method not in ("GET", "HEAD", "OPTIONS"):
+    """Mutating calls and peer traffic need `Authorization: Bearer <cluster secret>`."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") or request.path.startswith(PEER_ONLY):
         secret = request.app[NODE].config.cluster.secret
         given = request.headers.get("Authorization", "")
         token = given[7:] if given.startswith("Bearer ") else ""
@@ -150,6 +154,33 @@ async def get_releases(request: web.Request) -> web.Response:
     return web.json_response(ops.releases(request.app[NODE], _query_profile(request)))
 
 
+async def get_object(request: web.Request) -> web.StreamResponse:
+    """A store object for a peer (replication, release materialisation)."""
+    from swarmnode.store import check_sha256  # noqa: PLC0415
+
+    node = request.app[NODE]
+    sha = check_sha256(request.match_info["sha256"])
+    path = await asyncio.to_thread(node.store.path, sha)  # verified: never serves bad bytes
+    return web.FileResponse(path)
+
+
+async def post_sync(request: web.Request) -> web.Response:
+    await _body(request)
+    return web.json_response(await ops.request_sync(request.app[NODE]), status=202)
+
+
+async def get_nodes(request: web.Request) -> web.Response:
+    return web.json_response(ops.nodes(request.app[NODE]))
+
+
+async def post_nodes(request: web.Request) -> web.Response:
+    body = await _body(request)
+    action, address = _opt_str(body, "action"), _opt_str(body, "address")
+    if action is None or address is None:
+        raise UserError("give 'action' (add or remove) and 'address' (the node's Raft HOST:PORT)")
+    return web.json_response(await ops.change_membership(request.app[NODE], action, address))
+
+
 async def get_key(request: web.Request) -> web.Response:
     return web.Response(text=request.app[NODE].public_key, content_type="application/pgp-keys")
 
@@ -176,5 +207,9 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/api/v1/logs/{cpv:.+}", get_log)
     app.router.add_get("/api/v1/releases", get_releases)
     app.router.add_get("/api/v1/key", get_key)
+    app.router.add_get("/api/v1/objects/{sha256}", get_object)
+    app.router.add_post("/api/v1/sync", post_sync)
+    app.router.add_get("/api/v1/nodes", get_nodes)
+    app.router.add_post("/api/v1/nodes", post_nodes)
     app.router.add_get("/binhost/{profile}/{path:.*}", get_binhost)
     return app

@@ -205,6 +205,63 @@ def key(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         sys.stdout.write(text)
 
 
+@app.command()
+def sync(ctx: typer.Context,
+         wait: Annotated[bool, typer.Option("--wait", help="Wait until every node reported.")] = True,
+         timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 1800.0,
+         as_json: JsonOpt = False) -> None:
+    """Make every node sync its repositories (a real emaint sync); shows each tree version."""
+    import time
+
+    c = _ctx(ctx).client
+    sync_id = c.post("/api/v1/sync", {})["sync_id"]
+    data = c.get("/api/v1/nodes")
+    end = time.monotonic() + timeout
+    while wait and any(n.get("up") and n.get("node_id") and n.get("sync_id") != sync_id
+                       for n in data["nodes"]):
+        if time.monotonic() > end:
+            raise UserError(f"sync {sync_id}: not every node reported within {timeout:.0f}s; "
+                            "`swarmnode nodes` shows which", 504)
+        time.sleep(1.0)
+        data = c.get("/api/v1/nodes")
+    data["sync_id"] = sync_id
+    _emit(data, as_json, render.synced)
+    if any(n.get("sync_error") for n in data["nodes"] if n.get("sync_id") == sync_id):
+        raise typer.Exit(1)
+
+
+nodes_app = typer.Typer(help="The swarm's nodes: list them, add or remove Raft voters.",
+                        invoke_without_command=True)
+app.add_typer(nodes_app, name="nodes")
+
+
+@nodes_app.callback()
+def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List every node: role, addresses, cores, leases, tree versions, health."""
+    if ctx.invoked_subcommand is None:
+        _emit(_ctx(ctx).client.get("/api/v1/nodes"), as_json, render.nodes)
+
+
+@nodes_app.command("add")
+def nodes_add(ctx: typer.Context,
+              address: Annotated[str, typer.Argument(help="The new node's Raft HOST:PORT.")],
+              as_json: JsonOpt = False) -> None:
+    """Add a voter (then start the new node with the others in its cluster.peers)."""
+    result = _ctx(ctx).client.post("/api/v1/nodes", {"action": "add", "address": address})
+    _emit(result, as_json, lambda r: render.console.print(
+        f"[green]added[/] {address}; voters: {', '.join(r['members'])}"))
+
+
+@nodes_app.command("remove")
+def nodes_remove(ctx: typer.Context,
+                 address: Annotated[str, typer.Argument(help="The node's Raft HOST:PORT.")],
+                 as_json: JsonOpt = False) -> None:
+    """Remove a voter (a machine retired for good); its artifacts are re-replicated."""
+    result = _ctx(ctx).client.post("/api/v1/nodes", {"action": "remove", "address": address})
+    _emit(result, as_json, lambda r: render.console.print(
+        f"[green]removed[/] {address}; voters: {', '.join(r['members'])}"))
+
+
 def main() -> None:
     """Entry point: every failure is one line on stderr and a non-zero exit, no traceback."""
     try:

@@ -66,9 +66,18 @@ def wait_for_cycle(client: ApiClient, cycle_id: str, quiet: bool = False,
 
 
 def status(data: dict[str, Any]) -> None:
-    node = data["node"]
-    console.print(f"node [bold]{node['id']}[/] {node['url']}  cluster {data['cluster']['name']}  "
-                  f"state index {data['state']['applied_index']}")
+    node, cluster = data["node"], data["cluster"]
+    console.print(f"node [bold]{node['id']}[/] {node['url']}  cluster {cluster['name']}  "
+                  f"{cluster.get('role', '?')}, leader {cluster.get('leader') or '[red]none[/]'}")
+    lag = cluster.get("leader_commit_index") or 0
+    console.print(f"  state index {data['state']['applied_index']}"
+                  + (f" (leader at {lag})" if lag and lag > data['state']['applied_index'] else "")
+                  + ("" if cluster.get("has_quorum", True) else
+                     "  [red]no quorum: reads may be stale, changes wait[/]"))
+    summary = data.get("summary", {})
+    if summary.get("under_replicated"):
+        console.print(f"  [yellow]{summary['under_replicated']} artifacts below "
+                      f"{summary.get('replica_target')} copies (replicating)[/]")
     table = Table("profile", "serving", "latest cycle", "jobs", box=None)
     for name, prof in data["profiles"].items():
         serving = prof["serving"]["release_id"] if prof["serving"] else "-"
@@ -130,3 +139,33 @@ def releases(data: dict[str, Any]) -> None:
         mark = "[green]*[/]" if rel["id"] == data["production"] else ""
         table.add_row(mark, rel["id"], rel["cycle_id"], str(rel["packages"]))
     console.print(table)
+
+
+def nodes(data: dict[str, Any]) -> None:
+    table = Table("node", "role", "raft", "url", "cores", "leases", "health", "tree", box=None)
+    for n in data["nodes"]:
+        health = ("[red]down[/]" if not n.get("up") else
+                  f"[yellow]{n['breaker']}[/]" if n.get("breaker") not in (None, "ok") else
+                  "[green]up[/]")
+        tree = ", ".join(f"{p}:{v[:12]}" for p, v in sorted(n.get("tree_versions", {}).items()))
+        table.add_row(n.get("node_id") or "?", n["role"], n["raft"], n.get("url", ""),
+                      str(n.get("cores", "")), str(len(n.get("leases", []))), health, tree)
+    console.print(table)
+    if data.get("under_replicated"):
+        console.print(f"{data['under_replicated']} artifacts below {data['replica_target']} "
+                      "copies (replicating)")
+
+
+def synced(data: dict[str, Any]) -> None:
+    console.print(f"sync {data['sync_id']}:")
+    for n in data["nodes"]:
+        if not n.get("node_id"):
+            continue
+        if n.get("sync_id") != data["sync_id"]:
+            console.print(f"  {n['node_id']}: [yellow]not reported[/]"
+                          + ("" if n.get("up") else " (down)"))
+        elif n.get("sync_error"):
+            console.print(f"  {n['node_id']}: [red]failed[/] {n['sync_error']}")
+        else:
+            tree = ", ".join(f"{p} at {v}" for p, v in sorted(n["tree_versions"].items()))
+            console.print(f"  {n['node_id']}: [green]synced[/] {tree}")

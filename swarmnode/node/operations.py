@@ -46,6 +46,7 @@ async def fresh(node: Node, profile_name: str | None, targets: list[str]) -> dic
     workdir = node.paths.work / f"plan-{profile.name}"
     plan = await asyncio.to_thread(planner.plan, profile, targets, workdir, release_dir)
     reused = [a.to_dict() for a in _carried_over(node, profile.name, targets, plan)]
+    await node.refresh_tree_versions(min_interval_s=0)  # this node can build what it planned
     cycle_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{profile.name}-{uuid.uuid4().hex[:4]}"
     result = _ok(await node.submit(command(
         "start_cycle", cycle_id=cycle_id, profile=profile.name, tree_version=plan.tree_version,
@@ -101,7 +102,9 @@ async def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
         raise UserError(f"profile {profile.name} has no build cycle yet; run `swarmnode fresh`", 409)
     failed, blocked = cycle.cpvs_in(FAILED), cycle.cpvs_in(BLOCKED)
     pending = sorted(cpv for state in UNFINISHED for cpv in cycle.cpvs_in(state))
-    refs = [PackageRef.of(a) for a in cycle.artifacts()]
+    artifacts = cycle.artifacts()
+    refs = [PackageRef.of(a) for a in artifacts]
+    await node.ensure_local(artifacts)  # built elsewhere: fetch, so any node can verify
 
     def check_release() -> tuple[list[str], list[str]]:
         """Reads package metadata from the store (file I/O: off the event loop)."""
@@ -129,7 +132,9 @@ async def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
 
 
 async def finalize(node: Node, profile_name: str | None, force: bool) -> dict[str, Any]:
-    """Record a release of the latest cycle and publish it on this node's binhost."""
+    """Record a release of the latest cycle and publish it on this node's binhost (every
+    other node publishes it too, fetching what it lacks)."""
+    await node.log.barrier()  # decide on the current state, not a lagging replica
     report = await verify(node, profile_name)
     profile = report["profile"]
     if report["pending"]:
@@ -203,6 +208,55 @@ def releases(node: Node, profile_name: str | None) -> dict[str, Any]:
                           "packages": len(r.packages)} for r in state.releases(profile.name)]}
 
 
+async def request_sync(node: Node) -> dict[str, Any]:
+    """Ask every node to sync its repositories (each reports its new tree version)."""
+    sync_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    _ok(await node.submit(command("request_sync", sync_id=sync_id)))
+    return {"sync_id": sync_id}
+
+
+def nodes(node: Node) -> dict[str, Any]:
+    """Every node: role, addresses, cores, leases, tree versions, health."""
+    state = node.log.state
+    members = node.log.members()
+    leader = node.log.leader_address
+    summary = state.summary()
+    out = []
+    known = set()
+    for entry in summary["nodes"]:
+        known.add(entry["raft"])
+        role = ("leader" if entry["raft"] == leader else
+                "voter" if entry["raft"] in members else "removed")
+        out.append({**entry, "role": role,
+                    "connected": members.get(entry["raft"]) if entry["node_id"] != node.node_id
+                    else True,
+                    "breaker": state.node(entry["node_id"]).breaker(time.time())})  # type: ignore[union-attr]
+    for address, connected in sorted(members.items()):
+        if address not in known:  # a voter that has not registered (yet): show it anyway
+            out.append({"node_id": None, "raft": address, "role": "voter (unregistered)",
+                        "connected": connected, "up": connected})
+    return {"nodes": out, "leader": node.log.leader_id, "sync": summary["sync"],
+            "replica_target": summary["replica_target"],
+            "under_replicated": summary["under_replicated"]}
+
+
+async def change_membership(node: Node, action: str, address: str) -> dict[str, Any]:
+    """`swarmnode nodes add|remove HOST:PORT`: change the Raft voter set through the log."""
+    from swarmnode.config import _raft_address  # noqa: PLC0415 (one validator for both)
+    if action not in ("add", "remove"):
+        raise UserError(f"action must be 'add' or 'remove', got {action!r}")
+    address = _raft_address(address, "address")
+    members = node.log.members()
+    if action == "add" and address in members:
+        raise UserError(f"{address} is already a voter", 409)
+    if action == "remove" and address not in members:
+        raise UserError(f"{address} is not a voter; `swarmnode nodes` lists them", 404)
+    if action == "remove" and address == node.config.node.raft_address:
+        raise UserError("a node cannot remove itself; ask another node", 409)
+    await node.log.change_membership(action, address)
+    return {"action": action, "address": address, "members": sorted(node.log.members())}
+
+
 def status(node: Node) -> dict[str, Any]:
     state = node.log.state
     cfg = node.config
@@ -223,7 +277,8 @@ def status(node: Node) -> dict[str, Any]:
                  "uptime_s": round(time.time() - node.started, 1),
                  "building": [{"cpv": b.cpv, "cycle_id": b.cycle_id, "cores": b.cores,
                                "lease": b.fence} for b in node.worker.running.values()]},
-        "cluster": {"name": cfg.cluster.name, "leader": node.log.is_leader},
+        "cluster": {"name": cfg.cluster.name, "is_leader": node.log.is_leader,
+                    "raft": cfg.node.raft_address, **node.log.freshness()},
         "state": {"applied_index": node.log.applied_index, "digest": state.digest(),
                   "as_of": time.time()},
         "profiles": profiles,

@@ -1,4 +1,12 @@
-"""One node's runtime: its disk layout, its state log and the loops that run on it."""
+"""One node's runtime: its disk layout, its Raft replica and the loops that run on it.
+
+Loops (each a thin I/O shell around `decisions`):
+  worker       claims and builds while cores are free (worker.py)
+  maintenance  on the leader only: node up/down from Raft connectivity, lease expiry
+  replicator   copies under-replicated artifacts this node is chosen for
+  publisher    makes the binhost serve the production release, fetching what it lacks
+  syncer       runs `swarmnode sync` requests: a real repository sync, then reports the tree
+"""
 
 from __future__ import annotations
 
@@ -11,19 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pysyncobj.encryptor import getEncryptor
+
 from swarmnode.binhost import Binhost, PackageRef, Publication
 from swarmnode.config import Config
-from swarmnode.consensus import ReplicatedLog
-from swarmnode.consensus.local import LocalLog
+from swarmnode.consensus.raft import NoQuorum, RaftLog, RaftSettings
+from swarmnode.node import decisions
 from swarmnode.node.commands import command
+from swarmnode.node.peers import PeerFetcher
 from swarmnode.node.worker import Worker
 from swarmnode.portage import builder, signing
+from swarmnode.portage import sync as portage_sync
 from swarmnode.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 GC_INTERVAL_S = 600.0  # how often the store is swept for unreferenced objects
 GC_MIN_AGE_S = 3600.0  # younger objects are kept: their `complete` may still be in flight
+STARTUP_CATCH_UP_S = 10.0  # the API waits this long for the replica to catch up at start
 
 
 @dataclass(frozen=True)
@@ -65,8 +78,17 @@ class Node:
         self.paths = NodePaths(config.node.data_dir)
         for p in (self.paths.state, self.paths.builds, self.paths.work):
             p.mkdir(parents=True, exist_ok=True)
-        self.log: ReplicatedLog = LocalLog(self.paths.state)
+        self.log = RaftLog(RaftSettings(
+            self_address=config.node.raft_address, partners=config.cluster.peers,
+            data_dir=self.paths.state,
+            # The cluster name salts the key: two clusters sharing a secret still stay apart.
+            password=f"{config.cluster.name}\0{config.cluster.secret}"))
         self.store = ArtifactStore(self.paths.store)
+        self.fetcher = PeerFetcher(self.store, config.cluster.secret)
+        self.registered = asyncio.Event()
+        self.liveness = decisions.LivenessTracker(config.cluster.down_after_s)
+        self.sync_status: dict[str, Any] = {}
+        self._tree_checked = -1e9
         self.binhost = Binhost(self.paths.binhost, self.store)
         self.key = signing.ensure_signing_key(self.paths.gpg, name=f"swarmnode {config.cluster.name}")
         self.signing_env = signing.builder_env(self.key)
@@ -77,11 +99,22 @@ class Node:
         self.publish_errors: dict[str, str] = {}
         self._reconcile_lock = threading.Lock()  # finalize and the publisher loop both call it
 
-    async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        return await self.log.submit(cmd)
+    @property
+    def node_id(self) -> str:
+        return self.config.node.node_id
+
+    async def submit(self, cmd: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+        return await self.log.submit(cmd, timeout)
+
+    async def submit_all(self, commands: list[decisions.Command]) -> list[dict[str, Any]]:
+        return [await self.submit(command(op, **fields)) for op, fields in commands]
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self.log.start()  # replays the dump and journal, then joins the cluster
+        if not await self.log.wait_ready(STARTUP_CATCH_UP_S):
+            log.warning("no Raft quorum yet (%s): serving possibly stale state until one forms",
+                        self.log.quorum_hint())
         self.binhost.recover()
         # Builds of a previous life (killed with -9) may still run: stop them, wipe their roots.
         # Their leases expire and the jobs are built again.
@@ -90,20 +123,67 @@ class Node:
             log.warning("killed %d processes of builds left from before a restart", killed)
         await asyncio.to_thread(shutil.rmtree, self.paths.builds, True)
         self.paths.builds.mkdir(parents=True, exist_ok=True)
-        cfg = self.config
-        await self.submit(command(
-            "configure", breaker_threshold=cfg.cluster.breaker_threshold,
-            breaker_cooldown_s=cfg.cluster.breaker_cooldown_s, fail_nodes=cfg.cluster.fail_nodes,
-            keep_releases=cfg.keep_releases))
-        await self.submit(command(
-            "register_node", node_id=cfg.node.node_id, url=cfg.node.advertise_url,
-            cores=cfg.node.cores, profiles=sorted(cfg.profiles), sweeper=cfg.node.sweeper,
-            tree_versions={}))
         self._tasks = [
+            asyncio.create_task(self._join(), name="join"),
             asyncio.create_task(self.worker.run(), name="worker"),
             asyncio.create_task(self._maintenance(), name="maintenance"),
             asyncio.create_task(self._publisher(), name="publisher"),
+            asyncio.create_task(self._replicator(), name="replicator"),
+            asyncio.create_task(self._syncer(), name="syncer"),
         ]
+
+    async def _adopt_swarm_key(self) -> None:
+        """Agree on one signing key: offer ours; if another node's offer won, import that one.
+
+        The secret half travels encrypted with the cluster secret (Fernet, the same key
+        derivation pysyncobj uses for Raft traffic).
+        """
+        fernet = getEncryptor(self.config.cluster.secret)
+        secret = await asyncio.to_thread(signing.export_secret_key, self.key)
+        cmd = command("set_signing_key", fingerprint=self.key.fingerprint,
+                      public_key=self.public_key,
+                      secret=fernet.encrypt(secret.encode()).decode())
+        while True:
+            try:
+                result = await self.submit(cmd)
+                break
+            except NoQuorum as exc:
+                log.warning("agreeing on the signing key: %s; retrying", exc)
+        if result["fingerprint"] == self.key.fingerprint:
+            return
+        armored = fernet.decrypt(result["secret"].encode()).decode()
+        self.key = await asyncio.to_thread(signing.import_secret_key, self.paths.gpg, armored,
+                                           result["fingerprint"])
+        self.signing_env = signing.builder_env(self.key)
+        self.public_key = result["public_key"]
+        log.info("signing with the swarm's key %s", self.key.fingerprint)
+
+    async def _join(self) -> None:
+        """Register with the swarm (retried until a quorum answers: the API is up meanwhile)."""
+        cfg = self.config
+        versions = await asyncio.to_thread(portage_sync.tree_versions, cfg.profiles.values())
+        commands = [
+            command("configure", breaker_threshold=cfg.cluster.breaker_threshold,
+                    breaker_cooldown_s=cfg.cluster.breaker_cooldown_s,
+                    fail_nodes=cfg.cluster.fail_nodes, keep_releases=cfg.keep_releases,
+                    replicas=cfg.cluster.replicas),
+            command("register_node", node_id=cfg.node.node_id, url=cfg.node.advertise_url,
+                    raft=cfg.node.raft_address, cores=cfg.node.cores,
+                    profiles=sorted(cfg.profiles), sweeper=cfg.node.sweeper,
+                    tree_versions=versions),
+            command("tree_report", node_id=cfg.node.node_id, tree_versions=versions),
+        ]
+        await self._adopt_swarm_key()
+        for cmd in commands:
+            while True:
+                try:
+                    await self.submit(cmd)
+                    break
+                except NoQuorum as exc:
+                    log.warning("joining the swarm: %s; retrying", exc)
+        self.registered.set()
+        log.info("node %s registered (Raft %s, tree %s)", cfg.node.node_id,
+                 cfg.node.raft_address, versions)
 
     async def stop(self) -> None:
         for build in list(self.worker.running.values()):
@@ -112,23 +192,134 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, *(b.task for b in self.worker.running.values()),
                              return_exceptions=True)
+        await self.fetcher.close()
         self.log.close()
         signing.stop_gpg_agent(self.paths.gpg)  # portage's signing started one for our key
 
-    # -- the leader's maintenance: expire leases, cool down breakers --------------------------
+    # -- the leader's maintenance: liveness, lease expiry, breaker cool-down -----------------
+    def reachable_nodes(self) -> dict[str, bool]:
+        """Registered node id → this node has a Raft connection to it (itself: True)."""
+        members = self.log.members()
+        return {n.node_id: (n.node_id == self.node_id or members.get(n.raft, False))
+                for n in self.log.state.nodes() if n.raft}
+
     async def _maintenance(self) -> None:
+        was_leader = False
         while True:
-            await asyncio.sleep(min(1.0, self.config.build.lease_ttl_s / 4))
+            await asyncio.sleep(min(0.5, self.config.build.lease_ttl_s / 8))
             if not self.log.is_leader:
+                was_leader = False
                 continue
-            now = time.time()
-            if self.log.state.needs_maintenance(now):
-                try:
-                    result = await self.submit(command("expire"))
-                    for item in result.get("expired", []):
-                        log.warning("lease expired: %s", item)
-                except Exception:
-                    log.exception("maintenance: expire failed")
+            if not was_leader:  # new leader: every node gets a fresh grace period
+                self.liveness.reset()
+                was_leader = True
+            verdict = self.liveness.observe(self.reachable_nodes(), time.monotonic())
+            try:
+                for cmd in decisions.maintenance_commands(self.log.state, time.time(), verdict):
+                    result = await self.submit(command(cmd[0], **cmd[1]), timeout=5.0)
+                    for item in result.get("expired", []) + result.get("revoked", []):
+                        log.warning("lease %s of %s on %s ended (%s); job requeued", item[3],
+                                    item[1], item[2], cmd[0])
+                    if result.get("went_down") or result.get("came_up"):
+                        log.warning("nodes down: %s, up again: %s", result.get("went_down"),
+                                    result.get("came_up"))
+            except Exception as exc:  # lost leadership mid-way, no quorum …: next round
+                log.info("maintenance: %s", exc)
+
+    # -- replication: copy artifacts the swarm is short of ------------------------------------
+    async def _replicator(self) -> None:
+        await self.registered.wait()
+        while True:
+            state = self.log.state
+            todo = decisions.replication_fetches(state, self.node_id, set())
+            if todo:
+                await self.fetch_all(todo)
+            await self.log.wait_changed(2.0)
+
+    def peer_urls(self, node_ids: tuple[str, ...] | list[str]) -> list[str]:
+        found = []
+        for node_id in node_ids:
+            node = self.log.state.node(node_id)
+            if node is not None and node_id != self.node_id and node.url:
+                found.append(node.url)
+        return found
+
+    async def fetch_all(self, todo: list[decisions.Fetch]) -> list[str]:
+        """Fetch objects from their holders (a few at a time) and record the new copies."""
+        sem = asyncio.Semaphore(4)
+
+        async def one(item: decisions.Fetch) -> str | None:
+            async with sem:
+                ok = await self.fetcher.fetch(item, self.peer_urls(item.sources))
+                return item.sha256 if ok else None
+
+        got = [sha for sha in await asyncio.gather(*(one(t) for t in todo)) if sha]
+        try:
+            await self.submit_all(decisions.stored_commands(self.node_id, got))
+        except Exception as exc:  # recorded on the next round
+            log.info("recording fetched copies failed: %s", exc)
+        missing = [t.cpv for t in todo if t.sha256 not in got]
+        if missing:
+            log.info("could not fetch %d objects yet: %s", len(missing), ", ".join(missing[:5]))
+        return got
+
+    async def ensure_local(self, artifacts: list[Any]) -> list[str]:
+        """Make sure this node's store has these artifacts; returns the cpvs still missing."""
+        have = await asyncio.to_thread(lambda: {a.sha256 for a in artifacts
+                                                if self.store.has(a.sha256)})
+        todo = decisions.missing_for(self.log.state, artifacts, have)
+        if not todo:
+            return []
+        got = set(await self.fetch_all(todo))
+        return [t.cpv for t in todo if t.sha256 not in got]
+
+    async def refresh_tree_versions(self, min_interval_s: float = 10.0) -> None:
+        """Re-read this node's tree versions and report them if they changed (rate-limited:
+        hashing a large repository without git is not free)."""
+        if time.monotonic() - self._tree_checked < min_interval_s:
+            return
+        self._tree_checked = time.monotonic()
+        versions = await asyncio.to_thread(portage_sync.tree_versions,
+                                           self.config.profiles.values())
+        me = self.log.state.node(self.node_id)
+        if me is not None and me.tree_versions != versions:
+            log.info("portage tree changed: %s", versions)
+            await self.submit(command("tree_report", node_id=self.node_id,
+                                      tree_versions=versions, sync_id=me.sync_id))
+
+    # -- `swarmnode sync`: a real repository sync, then report the tree -----------------------
+    async def _syncer(self) -> None:
+        await self.registered.wait()
+        me = self.log.state.node(self.node_id)
+        done = me.sync_id if me is not None else ""
+        while True:
+            request = self.log.state.sync.get("id", "")
+            if request and request != done:
+                await self.run_sync(request)
+                done = request
+            await self.log.wait_changed(5.0)
+
+    async def run_sync(self, sync_id: str) -> None:
+        self.sync_status = {"id": sync_id, "running": True}
+        errors, versions = [], {}
+        for profile in self.config.profiles.values():
+            workdir = self.paths.work / f"sync-{profile.name}"
+            result = await asyncio.to_thread(portage_sync.sync_profile, profile, workdir)
+            versions[profile.name] = result.tree_version
+            if result.error:
+                errors.append(result.error)
+                log.error("sync of %s failed: %s", profile.name, result.error)
+            else:
+                log.info("synced %s: tree %s", profile.name, result.tree_version)
+        self.sync_status = {"id": sync_id, "running": False, "errors": errors}
+        cmd = command("tree_report", node_id=self.node_id, tree_versions=versions,
+                      sync_id=sync_id, error="; ".join(errors))
+        while True:
+            try:
+                await self.submit(cmd)
+                return
+            except NoQuorum as exc:
+                log.warning("reporting the synced tree: %s; retrying", exc)
 
     # -- make the binhost serve what the state says is in production -------------------------
     # The state is read on the event loop (where commands are applied, so it never changes
@@ -161,11 +352,14 @@ class Node:
     async def reconcile_binhost(self) -> None:
         """Publish every profile's production release locally and prune retired ones.
 
-        A profile that cannot be published (e.g. an artifact missing from the store) keeps
-        serving its previous release; the error is shown by `status` and retried.
+        The release is materialised first: artifacts this node lacks are fetched from their
+        holders, and only then is the binhost switched. A profile that cannot be published
+        (an artifact nobody reachable has) keeps serving its previous release; the error is
+        shown by `status` and retried.
         """
         state = self.log.state
         wanted: dict[str, tuple[Publication, set[str]]] = {}
+        releases = []
         for profile in self.config.profiles:
             prod = state.production(profile)
             release = state.release(prod.release_id) if prod is not None else None
@@ -173,6 +367,18 @@ class Node:
                 refs = tuple(PackageRef.of(release.packages[c]) for c in sorted(release.packages))
                 wanted[profile] = (Publication(prod.release_id, prod.timestamp, refs),
                                    {r.id for r in state.releases(profile)})
+                releases.append(release)
+        for release in releases:
+            if self.binhost.current(release.profile) == (wanted[release.profile][0].release_id,
+                                                         wanted[release.profile][0].timestamp):
+                continue
+            missing = await self.ensure_local([release.packages[c]
+                                               for c in sorted(release.packages)])
+            if missing:
+                self.publish_errors[release.profile] = (
+                    f"release {release.id}: {len(missing)} packages not yet fetched from other "
+                    f"nodes ({', '.join(missing[:5])}); retrying")
+                del wanted[release.profile]
         await asyncio.to_thread(self._publish_all, wanted)
 
     def _publish_all(self, wanted: dict[str, tuple[Publication, set[str]]]) -> None:

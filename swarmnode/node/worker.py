@@ -1,8 +1,11 @@
 """The builder side of a node: claim the best ready job, build it, heartbeat, report.
 
-All scheduling decisions are the state machine's; this loop only asks ("claim"), keeps its
-lease alive and reports the outcome with the lease's fencing id. If a heartbeat says the lease
-is lost (expired and handed to someone else), the build is killed and its result dropped.
+All scheduling decisions are the state machine's; this loop only asks ("claim", when
+`decisions.claim_command` says it is worth it), keeps its lease alive and reports the outcome
+with the lease's fencing id. If a heartbeat says the lease is lost (expired, revoked because
+the leader lost sight of this node, or reset), the build is killed and its result dropped.
+A node whose breaker grounds it restarts its builder: running builds stopped, leftover build
+processes killed, build roots wiped — a clean slate for the probe job after the cool-down.
 """
 
 from __future__ import annotations
@@ -10,11 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from swarmnode.binhost import PackageRef
+from swarmnode.consensus.raft import NoQuorum
+from swarmnode.node import decisions
 from swarmnode.node.commands import command
 from swarmnode.portage import builder
 
@@ -43,36 +51,53 @@ class Worker:
         self._slot_freed = asyncio.Event()
 
     # -- claiming ----------------------------------------------------------------------------
-    def free_cores(self) -> int:
-        used = sum(b.cores for b in self.running.values())
-        return max(0, self.cfg.node.cores - used)
+    def view(self) -> decisions.WorkerView:
+        node = self.cfg.node
+        return decisions.WorkerView(
+            node_id=node.node_id, cores=node.cores, max_jobs=self.cfg.build.max_parallel_jobs,
+            running_cores=tuple(b.cores for b in self.running.values()),
+            workstation=node.workstation,
+            load_1m=psutil.getloadavg()[0] if node.workstation else 0.0,
+            reserve_cores=node.reserve_cores)
 
-    def can_claim(self) -> bool:
-        """Worth proposing a claim: a free build slot, free cores, and a ready job."""
-        if len(self.running) >= self.cfg.build.max_parallel_jobs:
-            return False
-        if self.free_cores() < 1:
-            return False
-        # Only ask the log when a job of ours is ready: a refused claim still costs a
-        # replicated command. The state machine makes the real decision.
-        state = self.node.log.state
-        return any(c.profile in self.cfg.profiles and c.ready > 0
-                   for c in state.active_cycles())
+    def free_cores(self) -> int:
+        return decisions.free_cores(self.view())
 
     async def run(self) -> None:
+        await self.node.registered.wait()
+        grounded = False
         while True:
             try:
-                while self.can_claim():
-                    result = await self.node.submit(command(
-                        "claim", node_id=self.cfg.node.node_id, free_cores=self.free_cores(),
-                        lease_ttl_s=self.cfg.build.lease_ttl_s))
+                me = self.node.log.state.node(self.cfg.node.node_id)
+                now_grounded = me is not None and me.breaker(time.time()) == "grounded"
+                if now_grounded and not grounded:
+                    await self.restart_builder()
+                grounded = now_grounded
+                if decisions.tree_check_due(self.node.log.state, self.cfg.node.node_id):
+                    await self.node.refresh_tree_versions()
+                while (cmd := decisions.claim_command(self.node.log.state, self.view(),
+                                                      self.cfg.build.lease_ttl_s)) is not None:
+                    result = await self.node.submit(command(cmd[0], **cmd[1]))
                     job = result.get("job") if result.get("ok") else None
                     if not job:
                         break
                     self._start(job, result["lease"])
+            except NoQuorum as exc:
+                log.warning("worker: %s", exc)
             except Exception:  # keep the worker alive; the error is logged with its cause
                 log.exception("worker: claiming failed")
             await self._idle()
+
+    async def restart_builder(self) -> None:
+        """Grounded by the breaker: stop everything and start the builder from scratch."""
+        log.warning("node grounded after repeated failures: restarting the builder")
+        for build in list(self.running.values()):
+            build.task.cancel()
+        await asyncio.gather(*(b.task for b in self.running.values()), return_exceptions=True)
+        builds = self.node.paths.builds
+        await asyncio.to_thread(builder.kill_leftover_builds, builds)
+        await asyncio.to_thread(shutil.rmtree, builds, True)
+        builds.mkdir(parents=True, exist_ok=True)
 
     async def _idle(self) -> None:
         """Wait until the state changes, a build slot frees up, or poll_s passes."""
@@ -116,22 +141,38 @@ class Worker:
                 log.warning("build of %s stopped: lease %d was lost", cpv, fence)
                 return
             except Exception as exc:  # the build could not run at all (e.g. staging failed)
-                log.exception("build of %s could not run", cpv)
+                # Not the package's fault: requeued without counting as a failure.
+                log.warning("build of %s could not run here (%s); handing it back", cpv, exc)
                 result = builder.BuildResult(False, None, log_path, 0.0,
                                              f"the node could not run the build: {exc}")
+                not_run = True
+            else:
+                not_run = False
             finally:
                 beat.cancel()
-            await self._report(job, fence, result, log_path)
+            await self._report(job, fence, result, log_path, not_run)
         finally:
             if not self.cfg.build.keep_build_roots:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def _build(self, job: dict[str, Any], profile: Any, workdir: Path, log_path: Path,
                      lease: dict[str, Any]) -> builder.BuildResult:
-        # Everything the cycle has so far is what dependencies install from. The state is read
-        # here, on the event loop; the thread only links files and writes the index.
+        # What dependencies install from: the packages reused from the release plus the
+        # job's (transitive) dependencies built in this cycle — fetched from the nodes that
+        # built them first. The state is read here, on the event loop; threads get plain data.
         cycle = self.node.log.state.cycle(job["cycle_id"])
-        refs = [PackageRef.of(a) for a in cycle.artifacts()] if cycle is not None else []
+        needed = decisions.staging_artifacts(cycle, job["cpv"]) if cycle is not None else []
+        for attempt in range(5):  # the builder of a dependency may be restarting: a moment
+            missing = await self.node.ensure_local(needed)
+            if not missing:
+                break
+            if attempt == 4:
+                raise RuntimeError(f"dependencies not fetchable from any node: "
+                                   f"{', '.join(missing[:5])}")
+            log.info("waiting for %d dependencies of %s to be fetchable: %s", len(missing),
+                     job["cpv"], ", ".join(missing[:5]))
+            await asyncio.sleep(2.0 * (attempt + 1))
+        refs = [PackageRef.of(a) for a in needed]
         staging = await asyncio.to_thread(self.node.binhost.staging, job["profile"], refs,
                                           workdir / "staging")
         return await builder.build(profile, job["cpv"], staging, workdir / "env", log_path,
@@ -148,7 +189,10 @@ class Worker:
             try:
                 result = await self.node.submit(command(
                     "heartbeat", node_id=self.cfg.node.node_id, fence=fence,
-                    lease_ttl_s=self.cfg.build.lease_ttl_s))
+                    lease_ttl_s=self.cfg.build.lease_ttl_s), timeout=self.cfg.build.heartbeat_s * 2)
+            except NoQuorum as exc:
+                log.warning("heartbeat for lease %d not committed (%s); retrying", fence, exc)
+                continue
             except Exception:
                 log.exception("heartbeat for lease %d failed; retrying", fence)
                 continue
@@ -158,18 +202,24 @@ class Worker:
                 return
 
     async def _report(self, job: dict[str, Any], fence: int, result: builder.BuildResult,
-                      log_path: Path) -> None:
+                      log_path: Path, not_run: bool = False) -> None:
         store = self.node.store
         log_obj = await asyncio.to_thread(store.put_file, log_path) if log_path.exists() else None
         artifact = None
         if result.ok and result.gpkg is not None:
             obj = await asyncio.to_thread(store.put_file, result.gpkg)
             artifact = {"sha256": obj.sha256, "size": obj.size}
-        outcome = await self.node.submit(command(
+        cmd = command(
             "complete", node_id=self.cfg.node.node_id, fence=fence, cycle_id=job["cycle_id"],
             cpv=job["cpv"], success=artifact is not None, duration_s=result.duration_s,
             log_sha256=log_obj.sha256 if log_obj else None, artifact=artifact,
-            error=result.error))
+            error=result.error, not_run=not_run)
+        while True:  # the same rid every time: applied once, however often it is sent
+            try:
+                outcome = await self.node.submit(cmd)
+                break
+            except NoQuorum as exc:
+                log.warning("reporting %s: %s; retrying", job["cpv"], exc)
         if outcome.get("ok"):
             log.info("%s %s in %.1fs", job["cpv"], "built" if artifact else "FAILED",
                      result.duration_s)

@@ -13,6 +13,7 @@ environment this module lays out. The layout follows docs/portage-on-debian.md:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -59,6 +60,27 @@ def repo_name(repo: Path) -> str:
     if not name:
         raise UserError(f"{repo}/profiles/repo_name is empty")
     return name
+
+
+def repos_conf_name(repo: Path, sync_uri: str = "") -> str:
+    """The repository's name in repos.conf. A synced repository that is not cloned yet has no
+    profiles/repo_name: it is named after its directory (portage uses the repos.conf name for a
+    repository without one), and gets its real name once cloned."""
+    if sync_uri and not (repo / "profiles" / "repo_name").is_file():
+        name = "-".join(re.sub(r"[^A-Za-z0-9_-]+", " ", repo.name).split()).lstrip("-")
+        return name or "unsynced"
+    return repo_name(repo)
+
+
+def _repo_section(name: str, repo: Path, sync_uri: str) -> str:
+    """repos.conf section. A synced repository belongs to portage (volatile = no): each sync
+    resets it to the remote's HEAD, as local edits would make every node's tree differ."""
+    lines = [f"[{name}]", f"location = {repo.resolve()}"]
+    if sync_uri:
+        lines += ["sync-type = git", f"sync-uri = {sync_uri}", "auto-sync = yes", "volatile = no"]
+    else:
+        lines.append("auto-sync = no")
+    return "\n".join(lines) + "\n"
 
 
 def _q(value: str | Path) -> str:
@@ -175,11 +197,12 @@ class PortageEnv:
         names: list[str] = []
         sections = []
         for repo in self.profile.repositories:
-            name = repo_name(repo)
+            uri = self.profile.sync_uri(repo)
+            name = repos_conf_name(repo, uri)
             if name in names:
                 raise UserError(f"profile {self.profile.name}: two repositories are named {name!r}")
             names.append(name)
-            sections.append(f"[{name}]\nlocation = {repo.resolve()}\n")
+            sections.append(_repo_section(name, repo, uri))
         head = f"[DEFAULT]\nmain-repo = {names[0]}\n"
         (self.etc_portage / "repos.conf").write_text("\n".join([head, *sections]))
 

@@ -140,7 +140,9 @@ def index_entry(gpkg: Path, cpv: str, build_id: int, relpath: str) -> dict[str, 
         "BUILD_ID": str(int(build_id)),
         "PATH": relpath,
         "SIZE": str(st.st_size),
-        "_mtime_": str(st[stat.ST_MTIME]),
+        # The package's own BUILD_TIME, not the file's mtime: every node's copy was stored at
+        # a different moment, and all nodes must serve byte-identical indexes of a release.
+        "_mtime_": meta.get("BUILD_TIME") or str(st[stat.ST_MTIME]),
     })
     return entry
 

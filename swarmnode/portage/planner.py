@@ -160,8 +160,10 @@ def _repo_version(repo: Path) -> str:
 
 def _git(repo: Path, *args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              timeout=30)
+        # safe.directory: a checkout owned by another user (portage) must still give its HEAD,
+        # or this node would report a content hash where the others report the commit.
+        proc = subprocess.run(["git", "-c", f"safe.directory={repo.resolve()}", "-C", str(repo),
+                               *args], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None

@@ -87,6 +87,26 @@ def export_public_key(key: SigningKey) -> str:
     return out
 
 
+def export_secret_key(key: SigningKey) -> str:
+    """ASCII-armored secret key (passphrase-less), to hand the swarm key to other nodes."""
+    out = _gpg(key.gpg_home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor",
+               "--export-secret-keys", key.fingerprint).stdout.decode()
+    if "BEGIN PGP PRIVATE KEY BLOCK" not in out:
+        raise UserError(f"secret key {key.fingerprint} not found in {key.gpg_home}")
+    return out
+
+
+def import_secret_key(gpg_home: Path, armored: str, fingerprint: str) -> SigningKey:
+    """Adopt the swarm's key in this node's home: import it and trust it ultimately (the
+    builder verifies what it signs with the same home)."""
+    gpg_home = Path(gpg_home).absolute()
+    _gpg(gpg_home, "--pinentry-mode", "loopback", "--passphrase", "", "--import",
+         stdin=armored.encode())
+    _gpg(gpg_home, "--import-ownertrust", stdin=f"{fingerprint}:6:\n".encode())
+    _gpg(gpg_home, "--check-trustdb")
+    return SigningKey(gpg_home=gpg_home, fingerprint=fingerprint)
+
+
 def builder_env(key: SigningKey) -> dict[str, str]:
     """Variables (environment or make.conf) that make portage sign every gpkg it builds.
 

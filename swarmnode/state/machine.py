@@ -9,6 +9,11 @@ the simulator drives it directly.
 Idempotency: the result of every command that changed the state is remembered by its ``rid``
 (the last :data:`DEDUP_LIMIT`); applying that rid again returns the stored result. Commands that
 changed nothing (errors, "nothing to claim") are not remembered: re-running them is harmless.
+
+Swarm: the leader reports which nodes it can reach (``node_status``); a down node loses its
+leases at once and its copies do not count. ``finalize`` publishes only artifacts that
+:meth:`SwarmState.replica_target` up nodes hold, and a cycle pinned to a portage tree version is
+built only by nodes that reported exactly that version (``tree_report``).
 """
 
 from __future__ import annotations
@@ -26,15 +31,20 @@ from .records import (BLOCKED, BUILT, FAILED, LEASED, PLANNED, READY, Artifact, 
 from .fields import Bad, Fields, Result, error_result, short
 from .scheduling import allocate_cores, critical_paths, estimate, learn, package_key, topo_order
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEDUP_LIMIT = 10_000
 DEFAULT_CONFIG: dict[str, Any] = {
     "breaker_threshold": 5,      # consecutive failures that ground a node (the seed's figure)
     "breaker_cooldown_s": 300.0,  # how long it stays grounded before probation
     "fail_nodes": 2,             # distinct nodes a job must fail on before it is `failed`
     "keep_releases": 5,          # releases (and cycles) kept per profile
+    "replicas": 2,               # up nodes that must hold an artifact before it is published
 }
 
+
+def _plural(n: int, noun: str) -> str:
+    """``1 node`` / ``2 nodes``: refusals are read by people."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _canonical(value: Any) -> Any:
@@ -63,6 +73,10 @@ class SwarmState:
         self.productions: dict[str, Production] = {}
         self.counters: dict[str, int] = {}
         self.applied: OrderedDict[str, Result] = OrderedDict()
+        self.sync: dict[str, Any] = {}            # the last request_sync: {"id", "ts"}
+        # The swarm's one package-signing key: {"fingerprint", "public_key", "secret"}; the
+        # secret half arrives encrypted with the cluster secret (the state never sees it clear).
+        self.signing: dict[str, str] = {}
         # Derived, never serialised (rebuilt on load): sha256 → every Artifact copy, and
         # cycle_id → (critical paths, cat/pn → cpvs of the cycle) for the claim ranking.
         self._by_sha: dict[str, list[Artifact]] = {}
@@ -85,6 +99,8 @@ class SwarmState:
             "release_order": self.release_order,
             "productions": {k: v.to_dict() for k, v in self.productions.items()},
             "counters": self.counters,
+            "sync": self.sync,
+            "signing": self.signing,
             "applied": [[rid, res] for rid, res in self.applied.items()],
         })
 
@@ -110,6 +126,8 @@ class SwarmState:
         st.release_order = list(raw["release_order"])
         st.productions = {k: Production.from_dict(v) for k, v in raw["productions"].items()}
         st.counters = dict(raw["counters"])
+        st.sync = dict(raw["sync"])
+        st.signing = dict(raw.get("signing", {}))
         st.applied = OrderedDict((rid, res) for rid, res in raw["applied"])
         st._reindex_artifacts()
         return st
@@ -186,6 +204,42 @@ class SwarmState:
                     found.add(job.log_sha256)
         return found
 
+    # ------------------------------------------------------------------ durability
+
+    def replica_target(self) -> int:
+        """Copies an artifact needs: ``replicas``, but never more than there are up nodes
+        (a one-node swarm can still publish) and never fewer than one."""
+        up = sum(1 for n in self._nodes.values() if n.up)
+        return max(1, min(self.config["replicas"], up))
+
+    def live_holders(self, art: Artifact) -> list[str]:
+        """Registered, up nodes holding ``art``'s bytes, sorted.
+
+        Stores are content-addressed, so a holder of any copy with the same sha256 counts (a
+        reused copy may name holders the others do not).
+        """
+        holders = set(art.holders)
+        for other in self._by_sha.get(art.sha256, ()):
+            holders.update(other.holders)
+        return sorted(h for h in holders if (n := self._nodes.get(h)) is not None and n.up)
+
+    def durable(self, art: Artifact) -> bool:
+        """Enough up nodes hold ``art`` that losing one does not lose it (see replica_target)."""
+        return len(self.live_holders(art)) >= self.replica_target()
+
+    def under_replicated(self) -> list[dict[str, Any]]:
+        """Every artifact the state names that is not durable, by sha256: what to copy where."""
+        target = self.replica_target()
+        out: list[dict[str, Any]] = []
+        for sha in sorted(self._by_sha):
+            copies = self._by_sha[sha]
+            live = self.live_holders(copies[0])
+            if len(live) < target:
+                cpv, size = min((a.cpv, a.size) for a in copies)  # independent of index order
+                out.append({"sha256": sha, "size": size, "cpv": cpv, "holders": live,
+                            "missing": target - len(live)})
+        return out
+
     def summary(self) -> dict[str, Any]:
         """JSON-able overview for `swarmnode status` and the dashboard."""
         held: dict[str, list[int]] = {}
@@ -220,6 +274,9 @@ class SwarmState:
             "leases": [self.leases[f].to_dict() for f in sorted(self.leases)],
             "counters": dict(sorted(self.counters.items())),
             "config": dict(self.config),
+            "under_replicated": len(self.under_replicated()),
+            "replica_target": self.replica_target(),
+            "sync": dict(self.sync),
         }
 
     # ------------------------------------------------------------------ apply
@@ -260,9 +317,11 @@ class SwarmState:
     # ------------------------------------------------------------------ ops
 
     def _op_register_node(self, f: Fields, ts: float) -> tuple[Result, bool]:
-        """Upsert a node (its breaker state survives re-registration)."""
+        """Upsert a node (its breaker state survives re-registration); a node that registers
+        is running, so it is marked up."""
         node_id = f.text("node_id")
         url = f.text("url", empty=True)
+        raft = f.text("raft", default="", empty=True)
         cores = f.integer("cores", minimum=1)
         profiles = sorted(set(f.texts("profiles")))
         sweeper = f.flag("sweeper", default=False)
@@ -274,7 +333,80 @@ class SwarmState:
                                               profiles=profiles)
         node.url, node.cores, node.profiles = url, cores, profiles
         node.sweeper, node.tree_versions, node.last_seen = sweeper, tree_versions, ts
+        node.raft, node.up, node.down_since = raft, True, None
         return {"ok": True, "node": node.to_dict(), "new": new}, True
+
+    def _op_node_status(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """The leader's view of which nodes are reachable; a node that is down loses its leases.
+
+        Revoking at once (rather than waiting for the leases to expire) requeues the jobs a
+        dead machine held a whole lease TTL sooner; its late results are then stale.
+        """
+        up = sorted(set(f.texts("up", default=[])))
+        down = sorted(set(f.texts("down", default=[])))
+        for node_id in (*up, *down):
+            if node_id not in self._nodes:
+                raise Bad(f"node_status: node {node_id} is not registered; "
+                          "list only registered nodes")
+        both = sorted(set(up) & set(down))
+        if both:
+            raise Bad(f"node_status: {', '.join(both)} listed both up and down; "
+                      "name each node once")
+        # -- valid: mutate from here on
+        came_up = [n for n in up if not self._nodes[n].up]
+        went_down = [n for n in down if self._nodes[n].up]
+        for node_id in came_up:
+            self._nodes[node_id].up, self._nodes[node_id].down_since = True, None
+        for node_id in went_down:
+            self._nodes[node_id].up, self._nodes[node_id].down_since = False, ts
+        revoked: list[list[Any]] = []
+        for fence in sorted(self.leases):
+            lease = self.leases[fence]
+            holder = self._nodes.get(lease.node_id)
+            if holder is not None and not holder.up and lease.live(ts):
+                revoked.append(self._requeue(fence))
+        if revoked:
+            self._count("revoked_leases", len(revoked))
+        return ({"ok": True, "went_down": went_down, "came_up": came_up, "revoked": revoked},
+                bool(went_down or came_up or revoked))
+
+    def _op_request_sync(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """Ask every node to sync its portage tree; nodes answer with a ``tree_report``
+        naming ``sync_id``, so the operator can see who has caught up."""
+        sync_id = f.text("sync_id")
+        if self.sync.get("id") == sync_id:
+            return {"ok": True, "sync": dict(self.sync), "new": False}, False
+        self.sync = {"id": sync_id, "ts": ts}
+        return {"ok": True, "sync": dict(self.sync), "new": True}, True
+
+    def _op_tree_report(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """A node's portage tree versions (profile → version), which gate pinned cycles' claims,
+        and the outcome of the sync it answers."""
+        node_id = f.text("node_id")
+        versions = f.text_map("tree_versions")
+        sync_id = f.text("sync_id", default="", empty=True)
+        error = f.text("error", default="", empty=True)
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise Bad(f"tree_report: node {node_id} is not registered; register it first")
+        node.tree_versions, node.sync_id, node.sync_error = versions, sync_id, error
+        node.last_seen = ts
+        return {"ok": True, "node": node.to_dict()}, True
+
+    def _op_set_signing_key(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """Offer a signing key; the first offer wins and every node then signs with it, so a
+        client trusting one key verifies every package whichever node built it."""
+        offer = {"fingerprint": f.text("fingerprint"), "public_key": f.text("public_key"),
+                 "secret": f.text("secret")}
+        if self.signing:
+            return {"ok": True, "accepted": False, **self.signing}, False
+        self.signing = offer
+        return {"ok": True, "accepted": True, **offer}, True
+
+    def _op_barrier(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """Change nothing. A replica that has applied its barrier has applied everything
+        committed before it, so a read after it is linearizable (a read through the log)."""
+        return {"ok": True}, False
 
     def _op_start_cycle(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Create a cycle after checking its job graph; jobs without deps start ready."""
@@ -369,6 +501,9 @@ class SwarmState:
         node = self._nodes.get(node_id)
         if node is None:
             return self._nothing(f"node {node_id} is not registered; register it first")
+        if not node.up:
+            return self._nothing(f"node {node_id} is marked down; it claims again once the "
+                                 "leader sees it")
         breaker = node.breaker(ts)
         if breaker == "grounded":
             return self._nothing(f"node {node_id} is grounded until {node.grounded_until:.0f} "
@@ -376,27 +511,31 @@ class SwarmState:
         if breaker == "probation" and any(l.node_id == node_id for l in self.leases.values()):
             return self._nothing(f"node {node_id} is on probation: one job at a time "
                                  "until a build succeeds")
-        best: tuple[tuple[float, str, int], Cycle, Job] | None = None
+        best: tuple[tuple[float, float, str, int], Cycle, Job] | None = None
         any_ready = False
+        tree_block = ""  # why the first cycle skipped for its tree version was skipped
         for pos, cyc in enumerate(self.active_cycles()):
             any_ready = any_ready or cyc.ready > 0
             if cyc.ready == 0 or cyc.profile not in node.profiles:
                 continue
-            node_tree = node.tree_versions.get(cyc.profile)
-            if cyc.tree_version and node_tree is not None and node_tree != cyc.tree_version:
+            if cyc.tree_version and node.tree_versions.get(cyc.profile) != cyc.tree_version:
+                tree_block = tree_block or self._tree_mismatch(node, cyc)
                 continue
-            crit = self._critical(cyc)
+            crit = {} if node.sweeper else self._critical(cyc)
             for cpv in cyc.cpvs_in(READY):
                 job = cyc.jobs[cpv]
                 if node_id in job.failed_nodes:
                     continue
-                key = (-crit[cpv], cpv, pos)
+                key = self._rank(node.sweeper, job, crit, pos)
                 if best is None or key < best[0]:
                     best = (key, cyc, job)
         if best is None:
-            return self._nothing("nothing ready to build" if not any_ready else
-                                 f"no ready job node {node_id} can take (profiles, tree "
-                                 "version, or it failed them before)")
+            if not any_ready:
+                return self._nothing("nothing ready to build")
+            if tree_block:
+                return self._nothing(f"no ready job node {node_id} can take: {tree_block}")
+            return self._nothing(f"no ready job node {node_id} can take (profiles, "
+                                 "or it failed them before)")
         _, cyc, job = best
         if breaker == "probation":
             node.grounded_until, node.probation = None, True
@@ -420,6 +559,30 @@ class SwarmState:
     @staticmethod
     def _nothing(reason: str) -> tuple[Result, bool]:
         return {"ok": True, "job": None, "reason": reason}, False
+
+    @staticmethod
+    def _tree_mismatch(node: Node, cyc: Cycle) -> str:
+        """Why ``node`` may not build for pinned ``cyc``, and what fixes it."""
+        have = node.tree_versions.get(cyc.profile)
+        where = f"is at {have}" if have is not None else "has not been reported"
+        return (f"its portage tree for {cyc.profile} {where}, the cycle is pinned to "
+                f"{cyc.tree_version}; run `swarmnode sync`")
+
+    def _rank(self, sweeper: bool, job: Job, crit: dict[str, float],
+              pos: int) -> tuple[float, float, str, int]:
+        """Claim order of a ready job, smallest first (ties: cpv, then older cycle).
+
+        Ordinary nodes take the longest remaining critical path first: list scheduling keeps
+        the makespan near its critical-path bound. That order pushes retries (jobs that failed
+        or lost a lease) and long jobs off the critical path to the back, where, started last,
+        they become the tail the whole cycle waits for. Sweepers take exactly that long tail,
+        retries first and then the longest estimate, so it runs alongside the critical path
+        instead of after it and never starves the queue.
+        """
+        if sweeper:
+            retry = job.attempts > 0 or bool(job.failed_nodes)
+            return (0.0 if retry else 1.0, -estimate(self.durations, job.cpv), job.cpv, pos)
+        return (0.0, -crit[job.cpv], job.cpv, pos)
 
     def _critical(self, cyc: Cycle) -> dict[str, float]:
         cached = self._crit.get(cyc.id)
@@ -483,6 +646,11 @@ class SwarmState:
         duration = f.number("duration_s", minimum=0.0)
         log_sha = f.text("log_sha256", default=None)
         error = f.text("error", default="", empty=True)
+        # The node could not even start the build (its dependencies were not fetchable, say):
+        # says nothing about the package, so the job is simply requeued.
+        not_run = f.flag("not_run", default=False)
+        if success and not_run:
+            raise Bad("complete: a build cannot both succeed and not have run")
         raw_art = f.data.get("artifact")
         if success:
             if not isinstance(raw_art, dict):
@@ -496,6 +664,18 @@ class SwarmState:
             return error_result(f"complete: lease {fence} for {cpv} is not live (expired, superseded "
                         "or unknown); result discarded", stale=True), True
         # -- valid and live: mutate from here on
+        if not_run:
+            # Not the package's fault, but maybe the node's (broken portage, full disk): it
+            # counts towards the node's breaker, so a node that can never build is grounded.
+            self._requeue(fence)
+            self._count("builds_not_run")
+            node = self._nodes[node_id]
+            node.consecutive_failures += 1
+            grounded = node.consecutive_failures >= self.config["breaker_threshold"]
+            if grounded:
+                node.grounded_until = ts + self.config["breaker_cooldown_s"]
+                node.probation = False
+            return {"ok": True, "state": READY, "requeued": True, "node_grounded": grounded}, True
         cyc = self.cycles[cycle_id]
         job = cyc.jobs[cpv]
         node = self._nodes[node_id]
@@ -576,19 +756,8 @@ class SwarmState:
 
     def _op_expire(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Requeue jobs whose lease ran out; grounded nodes whose time is up go on probation."""
-        expired: list[list[Any]] = []
-        for fence in sorted(self.leases):
-            lease = self.leases[fence]
-            if lease.expires_at >= ts:
-                continue
-            del self.leases[fence]
-            cyc = self.cycles.get(lease.cycle_id)
-            job = cyc.jobs.get(lease.cpv) if cyc else None
-            if cyc is not None and job is not None and job.lease == fence:
-                job.lease = None
-                job.attempts += 1
-                cyc.set_state(job, READY)
-            expired.append([lease.cycle_id, lease.cpv, lease.node_id, fence])
+        expired = [self._requeue(fence) for fence in sorted(self.leases)
+                   if self.leases[fence].expires_at < ts]
         probation = []
         for node in self.nodes():
             if node.grounded_until is not None and node.grounded_until <= ts:
@@ -598,6 +767,18 @@ class SwarmState:
             self._count("expired_leases", len(expired))
         return ({"ok": True, "expired": expired, "count": len(expired), "probation": probation},
                 bool(expired or probation))
+
+    def _requeue(self, fence: int) -> list[Any]:
+        """Drop lease ``fence``; its job, if the lease is still its, is ready again (one more
+        attempt). Returns ``[cycle_id, cpv, node_id, fence]``."""
+        lease = self.leases.pop(fence)
+        cyc = self.cycles.get(lease.cycle_id)
+        job = cyc.jobs.get(lease.cpv) if cyc else None
+        if cyc is not None and job is not None and job.lease == fence:
+            job.lease = None
+            job.attempts += 1
+            cyc.set_state(job, READY)
+        return [lease.cycle_id, lease.cpv, lease.node_id, fence]
 
     def _op_reset(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Retry a profile's current cycle: requeue in-flight, clear failures, keep built."""
@@ -644,6 +825,7 @@ class SwarmState:
             "breaker_cooldown_s": f.number("breaker_cooldown_s", minimum=0.0, default=None),
             "fail_nodes": f.integer("fail_nodes", minimum=1, default=None),
             "keep_releases": f.integer("keep_releases", minimum=1, default=None),
+            "replicas": f.integer("replicas", minimum=1, default=None),
         }
         changed = False
         for key, value in new.items():
@@ -679,6 +861,15 @@ class SwarmState:
             art = cyc.jobs[cpv].artifact
             if art is not None:
                 packages[cpv] = art.copy()
+        # Not overridable by force: production must never name bytes that fewer than
+        # replica_target() up nodes hold (losing one machine would lose the release).
+        weak = sorted(cpv for cpv, art in packages.items() if not self.durable(art))
+        if weak:
+            raise Bad(f"finalize: {_plural(len(weak), 'package')} "
+                      f"{'is' if len(weak) == 1 else 'are'} not yet stored on "
+                      f"{_plural(self.replica_target(), 'node')} "
+                      f"({', '.join(weak[:5])}{', …' if len(weak) > 5 else ''}); "
+                      "replication catches up within seconds — try again")
         rel = Release(id=release_id, profile=profile, cycle_id=cyc.id, created_ts=ts,
                       packages=packages)
         self._releases[release_id] = rel
@@ -780,4 +971,9 @@ _HANDLERS: dict[str, Callable[[SwarmState, Fields, float], tuple[Result, bool]]]
     "configure": SwarmState._op_configure,
     "finalize": SwarmState._op_finalize,
     "rollback": SwarmState._op_rollback,
+    "node_status": SwarmState._op_node_status,
+    "request_sync": SwarmState._op_request_sync,
+    "tree_report": SwarmState._op_tree_report,
+    "barrier": SwarmState._op_barrier,
+    "set_signing_key": SwarmState._op_set_signing_key,
 }

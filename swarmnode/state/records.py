@@ -50,7 +50,13 @@ class _Record:
 
 @dataclass
 class Node(_Record):
-    """A registered machine; its circuit breaker lives here too."""
+    """A registered machine; its circuit breaker lives here too.
+
+    ``up``/``down_since`` are the leader's view of reachability (set by ``node_status``): a
+    down node may not claim and does not count as a holder of artifacts. ``tree_versions``,
+    ``sync_id`` and ``sync_error`` are the node's last ``tree_report`` (profile → portage tree
+    version, the sync request it answers, and why that sync failed, if it did).
+    """
 
     node_id: str
     url: str
@@ -62,6 +68,11 @@ class Node(_Record):
     consecutive_failures: int = 0
     grounded_until: float | None = None
     probation: bool = False
+    raft: str = ""  # canonical Raft address host:port
+    up: bool = True
+    down_since: float | None = None
+    sync_id: str = ""
+    sync_error: str = ""
 
     def breaker(self, ts: float) -> str:
         """``grounded`` (may not claim), ``probation`` (one job at a time) or ``ok``."""

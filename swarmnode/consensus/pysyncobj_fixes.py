@@ -1,0 +1,195 @@
+"""Everything swarmnode changes about pysyncobj 0.3.17, in one place, each with its reason.
+
+1. **Commit index during a snapshot install** (a correctness bug). A follower that is being sent a
+   snapshot (the leader compacted the entries it needs) still runs the generic tail of the
+   append_entries handler, which advances its commit index to ``min(leader_commit,
+   own_last_index)``. Its own log may still hold *stale* entries from an old term at those
+   indices; they are then applied — the replica diverges — and, on an ex-leader, the clients
+   waiting for those entries are told they succeeded although the cluster committed something
+   else. :class:`RaftFixes` refuses to advance the commit index on a snapshot message
+   unless that message completed the install. ``tests/test_pysyncobj_fixes.py`` fails without it.
+2. **A leader moves a follower's next index backwards on a late acknowledgement.** When the
+   acknowledgement of entry 5 arrives after entries 6..8 were already sent, pysyncobj sets the
+   follower's next index back to 6 and resends 6..8 with prevLogIdx 5; the follower, which
+   truncates everything after prevLogIdx whenever it has more, deletes 6..8 — entries it may
+   already have acknowledged and that may count towards a commit — and re-adds them. Raft only
+   truncates on a term conflict. :class:`RaftFixes` (the same mixin) keeps the next
+   index from moving backwards on a *successful* acknowledgement; a follower that really lacks
+   entries answers with ``reset`` and is still rewound.
+3. **The journal is not durable.** ``FileJournal`` writes through an mmap and never syncs; a
+   power loss can forget entries this node already acknowledged to the leader (and term/vote
+   metadata is written without fsync). :class:`DurableJournal` syncs each change before pysyncobj
+   can send a message that depends on it.
+4. **A poller asyncio can watch.** pysyncobj offers ``select``/``poll`` pollers, neither of which
+   has a file descriptor. :class:`EpollPoller` does, so the node runs Raft ticks on its event
+   loop exactly when a socket is ready (no extra thread touching the state machine, and no
+   polling latency on commits).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import pysyncobj.journal as pjournal
+import pysyncobj.syncobj as psyncobj
+from pysyncobj.poller import POLL_EVENT_TYPE, Poller
+
+# ---------------------------------------------------------------------------------- 1 and 2
+
+
+class RaftFixes:
+    """Mixin for a SyncObj subclass: fixes 1 and 2 (commit index during a snapshot install,
+    next index on late acknowledgements)."""
+
+    _snapshot_installed = False
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802 (pysyncobj's name)
+        super()._SyncObj__loadDumpFile(clearJournal)  # type: ignore[misc]
+        self._snapshot_installed = True
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
+        if (message.get("type") == "next_node_idx" and message.get("success")
+                and not message.get("reset") and self._isLeader()):  # type: ignore[attr-defined]
+            before = self._SyncObj__raftNextIndex.get(node)  # type: ignore[attr-defined]
+            super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
+            after = self._SyncObj__raftNextIndex.get(node)  # type: ignore[attr-defined]
+            if before is not None and after is not None and after < before:
+                self._SyncObj__raftNextIndex[node] = before  # type: ignore[attr-defined]  # fix 2
+            return
+        # A snapshot message is an append_entries without prevLogIdx ('serialized' carries a
+        # chunk, or None while the leader's dump is still being written).
+        snapshot = message.get("type") == "append_entries" and "prevLogIdx" not in message
+        if not snapshot:
+            super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
+            return
+        before = self.raftCommitIndex  # type: ignore[attr-defined]
+        self._snapshot_installed = False
+        super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
+        if not self._snapshot_installed and self.raftCommitIndex > before:  # type: ignore[attr-defined]
+            # Our log past `before` may be stale: only the installed snapshot may move us on.
+            self._SyncObj__raftCommitIndex = before
+            self._SyncObj__raftLog.setRaftCommitIndex(before)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------- 3
+
+
+class _DurableMeta(pjournal.MetaStorer):
+    """Term, vote and commit index: written to a temp file, fsynced, renamed, dir fsynced."""
+
+    def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 (pysyncobj's name)
+        path = self.getPath()
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(pjournal.dumps(meta))
+            fh.flush()
+            os.fsync(fh.fileno())
+        shutil.move(path + ".tmp", path)
+        _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DurableJournal(pjournal.FileJournal):
+    """FileJournal whose every change is on disk before pysyncobj acts on it (msync)."""
+
+    def __init__(self, journal_file: str) -> None:
+        super().__init__(journal_file)
+        self._FileJournal__metaStorer = _DurableMeta(journal_file + ".meta")
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self.flush()
+
+    def clear(self) -> None:
+        super().clear()
+        self.flush()
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802
+        super().deleteEntriesFrom(entryFrom)
+        self.flush()
+
+
+def _create_journal(journal_file: str | None = None) -> pjournal.Journal:
+    if journal_file is None:
+        return pjournal.MemoryJournal()
+    return DurableJournal(journal_file)
+
+
+# ---------------------------------------------------------------------------------------- 4
+
+
+class EpollPoller(Poller):
+    """pysyncobj's Poller interface over epoll; ``fileno()`` is readable when any socket is."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[int, int], None]] = {}
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def subscribe(self, descr: int, callback: Callable[[int, int], None], eventMask: int) -> None:
+        mask = 0
+        if eventMask & POLL_EVENT_TYPE.READ:
+            mask |= select.EPOLLIN
+        if eventMask & POLL_EVENT_TYPE.WRITE:
+            mask |= select.EPOLLOUT
+        if eventMask & POLL_EVENT_TYPE.ERROR:
+            mask |= select.EPOLLERR
+        if descr in self._callbacks:
+            self._epoll.modify(descr, mask)
+        else:
+            self._epoll.register(descr, mask)
+        self._callbacks[descr] = callback
+
+    def unsubscribe(self, descr: int) -> None:
+        if self._callbacks.pop(descr, None) is not None:
+            try:
+                self._epoll.unregister(descr)
+            except OSError:
+                pass  # already closed: the kernel dropped it from the set
+
+    def poll(self, timeout: float) -> None:
+        for descr, event in self._epoll.poll(timeout if timeout > 0 else 0):
+            mask = 0
+            if event & select.EPOLLIN:
+                mask |= POLL_EVENT_TYPE.READ
+            if event & select.EPOLLOUT:
+                mask |= POLL_EVENT_TYPE.WRITE
+            if event & (select.EPOLLERR | select.EPOLLHUP):
+                mask |= POLL_EVENT_TYPE.ERROR
+            callback = self._callbacks.get(descr)
+            if callback is not None:
+                callback(descr, mask)
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+_original_create_poller = psyncobj.createPoller
+
+
+def _create_poller(poller_type: str) -> Poller:
+    if poller_type == "epoll":
+        return EpollPoller()
+    return _original_create_poller(poller_type)
+
+
+def install() -> None:
+    """Route pysyncobj's journal and poller factories through the fixes above (idempotent).
+
+    SyncObj.__init__ calls these module-level factories, so this is the one hook point; it
+    changes nothing for code that does not ask for pollerType='epoll' or a journal file.
+    """
+    psyncobj.createJournal = _create_journal
+    psyncobj.createPoller = _create_poller

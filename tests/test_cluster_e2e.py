@@ -1,0 +1,254 @@
+"""Three real nodes on loopback forming one Raft group: build, lose a worker, lose the leader,
+restart from disk, finalize anywhere, and every binhost serves the same release.
+
+The tests run in order against one cluster (real builds are the expensive part).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
+from test_node_e2e import packages_index, served_release_is_whole
+
+pytestmark = pytest.mark.slow
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("cluster")
+    repo = root / "repo"
+    shutil.copytree(EXAMPLE / "repo", repo, symlinks=True)
+    distfiles = root / "distfiles"
+    shutil.copytree(EXAMPLE / "distfiles", distfiles)
+    profiles = (profile_toml("desktop", repo, PROFILES / "desktop", distfiles)
+                + profile_toml("server", repo, PROFILES / "server", distfiles))
+    nodes = [NodeProc(root, f"n{i}", profiles) for i in (1, 2, 3)]
+    for n in nodes:
+        n.peers = [m.raft for m in nodes]
+    for n in nodes:
+        n.start()
+    yield nodes
+    for n in nodes:
+        n.stop()
+
+
+def live(nodes: list[NodeProc]) -> list[NodeProc]:
+    return [n for n in nodes if n.proc is not None]
+
+
+def leader(nodes: list[NodeProc]) -> NodeProc | None:
+    for n in live(nodes):
+        if n.get("/api/v1/status")["cluster"]["is_leader"]:
+            return n
+    return None
+
+
+LAST_VIEW: dict[str, Any] = {}
+
+
+def converged(nodes: list[NodeProc]) -> bool:
+    """Every live node applied the same index and holds the same state digest."""
+    views = {n.node_id: n.get("/api/v1/status")["state"] for n in live(nodes)}
+    LAST_VIEW.clear()
+    LAST_VIEW.update({k: (v["applied_index"], v["digest"][:12]) for k, v in views.items()})
+    return len(set(LAST_VIEW.values())) == 1
+
+
+def wait_converged(nodes: list[NodeProc], what: str) -> None:
+    try:
+        wait_for(lambda: converged(nodes), 60, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last view {LAST_VIEW}") from None
+
+
+def cycle(n: NodeProc, profile: str) -> dict[str, Any]:
+    return n.get(f"/api/v1/cycles/latest?profile={profile}")
+
+
+def test_three_nodes_form_one_cluster(cluster: list[NodeProc]) -> None:
+    wait_for(lambda: leader(cluster), 30, "a leader")
+    for n in cluster:  # every node knows every node, and the same leader
+        view = wait_for(lambda n=n: (v := n.get("/api/v1/nodes")) and
+                        sum(1 for x in v["nodes"] if x.get("node_id") and x["up"]) == 3 and v,
+                        30, f"{n.node_id} to see 3 registered nodes")
+        assert view["leader"] == leader(cluster).node_id  # type: ignore[union-attr]
+        assert {x["role"] for x in view["nodes"]} == {"leader", "voter"}
+    wait_converged(cluster, "replicas to converge")
+
+
+def test_a_follower_refuses_a_wrong_or_missing_secret(cluster: list[NodeProc]) -> None:
+    lead = leader(cluster)
+    follower = next(n for n in cluster if n is not lead)
+    before = follower.get("/api/v1/status")["state"]["digest"]
+    body = json.dumps({"profile": "desktop"}).encode()
+    for secret in (None, "wrong-secret-0123456789"):
+        status, reply = follower.http("POST", "/api/v1/cycles", body, secret=secret)
+        assert status == 401, reply
+        assert b"cluster secret" in reply
+    status, _ = follower.http("GET", "/api/v1/objects/" + "0" * 64)  # peer traffic too
+    assert status == 401
+    assert follower.get("/api/v1/status")["state"]["digest"] == before
+
+
+def test_a_process_without_the_secret_cannot_join(cluster: list[NodeProc], tmp_path: Path) -> None:
+    """A Raft peer with the wrong password never learns the log, never gets a vote counted,
+    and the cluster's membership and state do not change."""
+    from harness import free_port
+    from swarmnode.consensus.raft import RaftLog, RaftSettings
+
+    digest = {n.node_id: n.get("/api/v1/status")["state"]["digest"] for n in cluster}
+    intruder_addr = f"127.0.0.1:{free_port()}"
+
+    async def intrude() -> tuple[int, str | None]:
+        log = RaftLog(RaftSettings(intruder_addr, tuple(n.raft for n in cluster), tmp_path / "x",
+                                   password="test\0not-the-secret-at-all"))
+        log.start()
+        try:
+            await asyncio.sleep(5)  # the attack runs for a while (not synchronisation)
+            return log.applied_index, log.leader_address
+        finally:
+            log.close()
+
+    applied, seen_leader = asyncio.run(intrude())
+    assert applied <= 1 and seen_leader is None
+    for n in cluster:
+        view = n.get("/api/v1/nodes")
+        assert intruder_addr not in {x["raft"] for x in view["nodes"]}
+        assert n.get("/api/v1/status")["state"]["digest"] == digest[n.node_id]
+
+
+def test_cluster_builds_while_a_worker_is_killed_mid_build(cluster: list[NodeProc]) -> None:
+    lead = leader(cluster)
+    assert lead is not None
+    entry = next(n for n in cluster if n is not lead)  # the CLI talks to a follower
+    started = entry.cli_json("fresh", "--profile", "desktop")
+    assert started["jobs"]
+
+    def victim_build() -> tuple[NodeProc, str] | None:
+        jobs = cycle(entry, "desktop")["jobs"]
+        for cpv, job in jobs.items():
+            if job["state"] == "leased" and job["node"] not in (lead.node_id, entry.node_id):
+                return next(n for n in cluster if n.node_id == job["node"]), cpv
+        return None
+
+    victim, cpv = wait_for(victim_build, 300, "a build on the third node")
+    victim.kill9()
+    # The leader notices the dead node (Raft connection gone) and requeues its job; another
+    # node builds it. Deadline: lease TTL (6 s) plus slack for a loaded CI machine.
+    def requeued() -> bool:
+        job = cycle(entry, "desktop")["jobs"][cpv]
+        return job["state"] == "ready" or (job["state"] in ("leased", "built")
+                                           and job["node"] != victim.node_id)
+
+    wait_for(requeued, 30, f"{cpv} to be requeued")
+    done = wait_for(lambda: (c := cycle(entry, "desktop"))["finished"] and c, 900,
+                    "the cycle to finish with a node down")
+    assert done["counts"]["built"] >= 12 and not done["counts"]["failed"], done["counts"]
+
+    victim.start()  # rejoins from its data dir and catches up
+    wait_converged(cluster, "the restarted node to catch up")
+    view = victim.get("/api/v1/nodes")
+    assert all(x["up"] for x in view["nodes"] if x.get("node_id"))
+
+
+def test_finalize_on_any_node_publishes_the_same_release_everywhere(
+        cluster: list[NodeProc]) -> None:
+    wait_for(lambda: not cluster[2].get("/api/v1/status")["summary"]["under_replicated"], 60,
+             "every artifact to be stored on 2 nodes")
+    result = cluster[2].cli("finalize", "--profile", "desktop")
+    assert result.returncode == 0, result.stdout + result.stderr
+    release = cluster[2].cli_json("releases", "--profile", "desktop")["production"]
+
+    def serving() -> bool:
+        return all((n.get("/api/v1/status")["profiles"]["desktop"]["serving"] or {})
+                   .get("release_id") == release for n in cluster)
+
+    wait_for(serving, 120, "every node to serve the new release")
+    indexes = [packages_index(n) for n in cluster]
+    for index in indexes[1:]:
+        assert index == indexes[0]
+    for n in cluster:
+        served_release_is_whole(n)
+
+
+def test_killing_the_leader_mid_cycle_loses_nothing(cluster: list[NodeProc]) -> None:
+    first = leader(cluster)
+    assert first is not None
+    entry = next(n for n in cluster if n is not first)
+    started = entry.cli_json("fresh", "--profile", "server")
+    assert started["jobs"]
+    wait_for(lambda: cycle(entry, "server")["counts"]["built"] >= 2, 600, "some server builds")
+    first.kill9()
+    new = wait_for(lambda: leader(cluster), 30, "a new leader")
+    assert new is not first
+    done = wait_for(lambda: (c := cycle(entry, "server"))["finished"] and c, 900,
+                    "the cycle to finish under the new leader")
+    assert not done["counts"]["failed"] and not done["counts"]["blocked"], done["counts"]
+    # Each package built once into the cycle: one artifact per job, every one fetchable and
+    # verified by the finalize below on every node.
+    assert all(j["artifact"] is not None for j in done["jobs"].values())
+    first.start()
+    wait_converged(cluster, "the old leader to rejoin and catch up")
+    wait_for(lambda: not entry.get("/api/v1/status")["summary"]["under_replicated"], 60,
+             "replication to catch up")
+    result = first.cli("finalize", "--profile", "server")
+    assert result.returncode == 0, result.stdout + result.stderr
+    release = first.cli_json("releases", "--profile", "server")["production"]
+    wait_for(lambda: all((n.get("/api/v1/status")["profiles"]["server"]["serving"] or {})
+                         .get("release_id") == release for n in cluster), 120,
+             "every node to serve the server release")
+    index = packages_index(cluster[0], "server")
+    cpvs = [c for c in index if c]
+    assert len(cpvs) == len(set(cpvs)) == len(done["jobs"]) + len(done["reused"])
+
+
+def test_a_hung_worker_loses_its_lease_and_its_late_result_is_discarded(
+        cluster: list[NodeProc]) -> None:
+    """SIGSTOP a worker mid-build: the leader revokes its lease, another node builds the job;
+    after SIGCONT the stale worker's heartbeat/completion is refused, never recorded."""
+    lead = leader(cluster)
+    assert lead is not None
+    entry = next(n for n in cluster if n is not lead)
+    # A new desktop cycle with one real job: bump libgreet's revision in the repo copy.
+    repo = Path(cluster[0].config.read_text().split('repositories = ["')[1].split('"')[0])
+    lib = repo / "dev-libs" / "libgreet"
+    src = sorted(lib.glob("libgreet-1.0*.ebuild"))[-1]
+    shutil.copy(src, lib / "libgreet-1.0-r9.ebuild")
+    manifest = entry.cli("fresh", "--profile", "desktop", "dev-libs/libgreet")
+    assert manifest.returncode == 0, manifest.stderr
+    target = "dev-libs/libgreet-1.0-r9"
+
+    def holder() -> NodeProc | None:
+        job = cycle(entry, "desktop")["jobs"].get(target, {})
+        if job.get("state") == "leased" and job["node"] != lead.node_id:
+            return next(n for n in cluster if n.node_id == job["node"])
+        return None
+
+    hung = wait_for(holder, 300, f"{target} to be built on a follower")
+    assert hung.proc is not None
+    os.kill(hung.proc.pid, signal.SIGSTOP)  # the daemon hangs; its build child runs on
+    try:
+        wait_for(lambda: (cycle(entry if entry is not hung else lead, "desktop")["jobs"]
+                          [target])["node"] != hung.node_id, 30,
+                 "the hung node's lease to be revoked and the job handed on")
+    finally:
+        os.kill(hung.proc.pid, signal.SIGCONT)
+    other = lead if hung is entry else entry
+    done = wait_for(lambda: (c := cycle(other, "desktop"))["finished"] and c, 600, "the cycle")
+    job = done["jobs"][target]
+    assert job["state"] == "built" and job["log_node"] != hung.node_id
+    wait_for(lambda: "was lost" in hung.log_path.read_text()
+             or "rejected" in hung.log_path.read_text(), 30,
+             "the stale worker to learn it lost the lease")
+    wait_converged(cluster, "replicas to converge")

@@ -1,0 +1,184 @@
+"""RaftLog: the swarm state replicated by real pysyncobj instances over loopback TCP.
+
+All replicas run on one event loop here (each ticks on its own sockets), which is exactly
+how a node runs its one replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import free_port
+from swarmnode.consensus.raft import NoQuorum, RaftLog, RaftSettings
+
+PASSWORD = "test\0secret-0123456789abcdef"
+
+
+def cmd(op: str, rid: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"op": op, "rid": rid or uuid.uuid4().hex, "ts": time.time(), **fields}
+
+
+def register(node_id: str, rid: str | None = None) -> dict[str, Any]:
+    return cmd("register_node", rid, node_id=node_id, url=f"http://{node_id}", cores=4,
+               profiles=["p"])
+
+
+class Cluster:
+    def __init__(self, root: Path, n: int, **settings: Any) -> None:
+        self.root, self.settings = root, settings
+        self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+        self.logs: list[RaftLog | None] = [None] * n
+
+    def start(self, i: int) -> RaftLog:
+        addr = self.addrs[i]
+        log = RaftLog(RaftSettings(addr, tuple(a for a in self.addrs if a != addr),
+                                   self.root / f"n{i}", PASSWORD, **self.settings))
+        log.start()
+        self.logs[i] = log
+        return log
+
+    def stop(self, i: int) -> None:
+        log = self.logs[i]
+        if log is not None:
+            log.close()
+            self.logs[i] = None
+
+    def live(self) -> list[RaftLog]:
+        return [x for x in self.logs if x is not None]
+
+    async def until(self, cond: Any, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    def converged(self) -> bool:
+        logs = self.live()
+        return len({(x.applied_index, x.state.digest()) for x in logs}) == 1
+
+    def close(self) -> None:
+        for i in range(len(self.logs)):
+            self.stop(i)
+
+
+@pytest.fixture
+def make(tmp_path: Path):
+    made: list[Cluster] = []
+
+    def factory(n: int, **settings: Any) -> Cluster:
+        c = Cluster(tmp_path, n, **settings)
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        c.close()
+
+
+async def test_any_replica_accepts_commands_and_all_converge(make: Any) -> None:
+    c = make(3)
+    for i in range(3):
+        c.start(i)
+    await c.until(lambda: any(x.is_leader for x in c.live()), 10, "a leader")
+    follower = next(x for x in c.live() if not x.is_leader)
+    assert (await follower.submit(register("a")))["ok"]  # forwarded to the leader
+    for i in range(20):
+        await c.live()[i % 3].submit(register(f"n{i % 4}"))
+    await c.until(c.converged, 5, "replicas to converge")
+    assert [n.node_id for n in c.live()[0].state.nodes()] == ["a", "n0", "n1", "n2", "n3"]
+
+
+async def test_a_retried_command_is_applied_once(make: Any) -> None:
+    c = make(3)
+    for i in range(3):
+        c.start(i)
+    await c.until(lambda: any(x.is_leader for x in c.live()), 10, "a leader")
+    await c.live()[0].submit(register("a"))
+    await c.live()[0].submit(cmd("start_cycle", cycle_id="c1", profile="p",
+                                 jobs=[{"cpv": "app-misc/x-1"}]))
+    claim = cmd("claim", node_id="a", free_cores=4, lease_ttl_s=60.0)
+    first = await c.live()[1].submit(claim)
+    again = await c.live()[2].submit(claim)  # "outcome unknown" → resent with the same rid
+    assert first == again and first["lease"]["fence"] == 1
+    await c.until(c.converged, 5, "replicas to converge")
+    assert c.live()[0].state.counters["claims"] == 1
+
+
+async def test_a_restarted_replica_catches_up_from_disk_and_from_the_leader(make: Any) -> None:
+    c = make(3)
+    for i in range(3):
+        c.start(i)
+    await c.until(lambda: any(x.is_leader for x in c.live()), 10, "a leader")
+    for i in range(10):
+        await c.live()[0].submit(register(f"n{i}"))
+    await c.until(c.converged, 5, "replicas to converge")
+    victim = next(i for i, x in enumerate(c.logs) if x is not None and not x.is_leader)
+    c.stop(victim)
+    for i in range(10, 20):  # committed by the two others while it is away
+        await c.live()[0].submit(register(f"n{i}"))
+    log = c.start(victim)
+    assert await log.wait_ready(10)
+    await c.until(c.converged, 10, "the restarted replica to catch up")
+    assert len(log.state.nodes()) == 20
+
+
+async def test_compaction_writes_a_msgpack_dump_that_restores_and_ships(make: Any) -> None:
+    """With a tiny compaction threshold the leader's log no longer has what a lagging node
+    needs: it ships the dump (our serializer), the node installs it and converges."""
+    c = make(3, compaction_entries=20, compaction_time_s=0.5)
+    for i in range(3):
+        c.start(i)
+    await c.until(lambda: any(x.is_leader for x in c.live()), 10, "a leader")
+    victim = next(i for i, x in enumerate(c.logs) if x is not None and not x.is_leader)
+    c.stop(victim)
+    for i in range(120):
+        await c.live()[0].submit(register(f"n{i % 50}"))
+    await c.until(lambda: all((c.root / f"n{i}" / "raft.dump").exists()
+                              for i in range(3) if i != victim), 10, "compaction dumps")
+    log = c.start(victim)
+    await c.until(c.converged, 20, "the lagging replica to install the snapshot")
+    assert len(log.state.nodes()) == 50
+    c.stop(victim)  # and restarts from its own dump + journal
+    log = c.start(victim)
+    assert await log.wait_ready(10)
+    await c.until(c.converged, 10, "the replica to reload its dump")
+
+
+async def test_without_a_quorum_a_command_fails_with_a_clear_error(make: Any) -> None:
+    c = make(3)
+    log = c.start(0)  # the two other voters never start
+    with pytest.raises(NoQuorum) as err:
+        await log.submit(register("a"), timeout=2.0)
+    assert "reaches 1 of 3 voters (a majority is 2)" in err.value.message
+
+
+async def test_voters_are_added_and_removed_at_run_time(make: Any) -> None:
+    c = make(3)
+    for i in range(3):
+        c.start(i)
+    await c.until(lambda: any(x.is_leader for x in c.live()), 10, "a leader")
+    await c.live()[0].submit(register("a"))
+    new = f"127.0.0.1:{free_port()}"
+    await c.live()[1].change_membership("add", new)  # through a follower
+    await c.until(lambda: all(new in x.members() for x in c.live()), 10, "everyone to add it")
+    c.addrs.append(new)
+    c.logs.append(None)
+    fourth = c.start(3)  # started with the whole membership as its peers
+    await c.until(c.converged, 10, "the new voter to catch up")
+    assert [n.node_id for n in fourth.state.nodes()] == ["a"]
+    await fourth.submit(register("b"))  # and it takes part in commits
+    gone = c.addrs[0]
+    survivor = c.logs[1]
+    assert survivor is not None
+    c.stop(0)
+    await survivor.change_membership("remove", gone)
+    await c.until(lambda: all(gone not in x.members() for x in c.live()), 10, "the removal")
+    assert (await survivor.submit(register("c")))["ok"]  # 3 voters left, quorum 2
+    await survivor.change_membership("remove", gone)  # done already: nothing to do
