@@ -142,14 +142,18 @@ def releases(data: dict[str, Any]) -> None:
 
 
 def nodes(data: dict[str, Any]) -> None:
-    table = Table("node", "role", "raft", "url", "cores", "leases", "health", "tree", box=None)
+    table = Table("node", "role", "raft", "cores", "leases", "health", "tree", box=None)
     for n in data["nodes"]:
         health = ("[red]down[/]" if not n.get("up") else
                   f"[yellow]{n['breaker']}[/]" if n.get("breaker") not in (None, "ok") else
                   "[green]up[/]")
-        tree = ", ".join(f"{p}:{v[:12]}" for p, v in sorted(n.get("tree_versions", {}).items()))
-        table.add_row(n.get("node_id") or "?", n["role"], n["raft"], n.get("url", ""),
-                      str(n.get("cores", "")), str(len(n.get("leases", []))), health, tree)
+        versions = n.get("tree_versions", {})
+        if len(set(versions.values())) == 1:  # the usual case: one tree for every profile
+            tree = next(iter(versions.values()))[:12]
+        else:
+            tree = " ".join(f"{p}:{v[:8]}" for p, v in sorted(versions.items()))
+        table.add_row(n.get("node_id") or "?", n["role"], n["raft"], str(n.get("cores", "")),
+                      str(len(n.get("leases", []))), health, tree)
     console.print(table)
     if data.get("under_replicated"):
         console.print(f"{data['under_replicated']} artifacts below {data['replica_target']} "
