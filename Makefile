@@ -34,7 +34,7 @@ demo: setup
 	$(PY) -m swarmnode.demo
 
 test: setup
-	$(PY) -m pyflakes swarmnode tests
+	$(PY) -m pyflakes swarmnode tests simulation
 	$(PY) -m mypy
 	$(PY) -m pytest -q -ra
 
@@ -42,4 +42,9 @@ test-fast: setup
 	$(PY) -m pytest -q -m 'not slow'
 
 clean:
-	rm -rf $(VENV) demo-run build
+	rm -rf $(VENV) demo-run build bench-out
+
+# Raft/swarm figures on loopback (real processes): commit latency, commands/s, failover,
+# dead-worker requeue. Prints a table and writes bench-out/result.json (see simulation/bench/).
+bench: setup
+	$(PY) -m simulation.bench.cluster_bench --nodes 3,5 --out bench-out

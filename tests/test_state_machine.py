@@ -270,10 +270,12 @@ def test_results_are_copies() -> None:
     w.node("n1")
     w.cycle("c1", CHAIN)
     claim = w.do("claim", rid="x", node_id="n1", free_cores=4, lease_ttl_s=60)
-    claim["job"]["deps"].append("junk")
+    claim["job"]["use"].append("junk")
     claim["lease"]["expires_at"] = 0
     assert w.do("claim", rid="x", node_id="n1", free_cores=4, lease_ttl_s=60)["lease"][
         "expires_at"] == w.ts + 60
+    assert "junk" not in w.do("claim", rid="x", node_id="n1", free_cores=4,
+                              lease_ttl_s=60)["job"]["use"]
     assert w.s.lease(claim["lease"]["fence"]).expires_at == w.ts + 60
 
 

@@ -552,7 +552,11 @@ class SwarmState:
         job.lease, job.cores_used = lease.fence, cores
         cyc.set_state(job, LEASED)
         self._count("claims")
-        return {"ok": True, "job": {**job.to_dict(), "cycle_id": cyc.id, "profile": cyc.profile,
+        # The result is kept in the dedup table (and so in every snapshot): only what a builder
+        # needs, not the job's dependency lists (a library's dependents can number hundreds).
+        brief = {k: v for k, v in job.to_dict().items()
+                 if k in ("cpv", "slot", "subslot", "use", "repo", "reason", "attempts")}
+        return {"ok": True, "job": {**brief, "cycle_id": cyc.id, "profile": cyc.profile,
                                     "est_core_s": est},
                 "lease": lease.to_dict()}, True
 

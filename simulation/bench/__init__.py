@@ -1,0 +1,1 @@
+"""Benchmarks of the swarm with real processes on loopback (see README.md)."""
