@@ -182,3 +182,11 @@ async def test_voters_are_added_and_removed_at_run_time(make: Any) -> None:
     await c.until(lambda: all(gone not in x.members() for x in c.live()), 10, "the removal")
     assert (await survivor.submit(register("c")))["ok"]  # 3 voters left, quorum 2
     await survivor.change_membership("remove", gone)  # done already: nothing to do
+
+
+def test_a_peer_that_is_this_node_under_another_name_is_dropped() -> None:
+    from swarmnode.node.runtime import without_self
+
+    peers = ("localhost:7701", "127.0.0.1:7702", "192.0.2.10:7701")
+    # "localhost:7701" is this node spelled differently: as a voter it would never answer.
+    assert without_self("127.0.0.1:7701", peers) == ("127.0.0.1:7702", "192.0.2.10:7701")

@@ -15,6 +15,7 @@ from portage.dep import Atom, match_from_list
 from portage.versions import cpv_getkey
 
 from swarmnode.binhost import PackageRef
+from swarmnode.consensus.raft import NoQuorum
 from swarmnode.errors import UserError
 from swarmnode.node.commands import command
 from swarmnode.node.runtime import Node
@@ -97,6 +98,11 @@ def _critical(profile_critical: tuple[str, ...], cpvs: list[str]) -> list[str]:
 async def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
     """Risk score 0–100 of finalizing the profile's latest cycle now (under 15 is safe)."""
     profile = node.config.profile(profile_name)
+    stale = ""
+    try:
+        await node.log.barrier(timeout=5.0)  # judge the current state, not a lagging replica
+    except NoQuorum as exc:
+        stale = f"this node has no quorum, the report may be stale ({exc.message})"
     cycle = node.log.state.latest_cycle(profile.name)
     if cycle is None:
         raise UserError(f"profile {profile.name} has no build cycle yet; run `swarmnode fresh`", 409)
@@ -125,9 +131,11 @@ async def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
                        + ", ".join(missing[:5]))
     if pending:
         reasons.insert(0, f"cycle still has {len(pending)} packages to build")
+    if stale:
+        reasons.insert(0, stale)
     return {"profile": profile.name, "cycle_id": cycle.id, "score": score,
-            "safe": score < SAFE_BELOW and not pending, "reasons": reasons, "failed": failed,
-            "blocked": blocked, "pending": pending, "unmet_runtime_deps": unmet,
+            "safe": score < SAFE_BELOW and not pending and not stale, "reasons": reasons,
+            "failed": failed, "blocked": blocked, "pending": pending, "unmet_runtime_deps": unmet,
             "critical_failed": critical, "packages": len(refs)}
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from pysyncobj.encryptor import getEncryptor
 
 from swarmnode.binhost import Binhost, PackageRef, Publication
@@ -37,6 +39,37 @@ log = logging.getLogger(__name__)
 GC_INTERVAL_S = 600.0  # how often the store is swept for unreferenced objects
 GC_MIN_AGE_S = 3600.0  # younger objects are kept: their `complete` may still be in flight
 STARTUP_CATCH_UP_S = 10.0  # the API waits this long for the replica to catch up at start
+
+
+def _endpoints(address: str) -> set[tuple[str, int]]:
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), proto=socket.IPPROTO_TCP)
+    except (OSError, ValueError):
+        return set()
+    return {(str(info[4][0]), int(port)) for info in infos}
+
+
+def without_self(self_address: str, peers: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop peers that are this node under another spelling (a hostname for its IP, say).
+
+    Raft identifies a node by its address string, so such an alias would be a phantom voter
+    that never answers and raises the quorum. The config is fixed by the user; this only
+    keeps the mistake from breaking the cluster, and says so.
+    """
+    mine = _endpoints(self_address)
+    local_ips = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    own_port = int(self_address.rpartition(":")[2])
+    kept = []
+    for peer in peers:
+        ends = _endpoints(peer)
+        if ends and (ends & mine or all(ip in local_ips and port == own_port
+                                        for ip, port in ends)):
+            log.warning("cluster.peers: %s is this node (node.raft is %s); ignoring it — list "
+                        "every node under one spelling", peer, self_address)
+            continue
+        kept.append(peer)
+    return tuple(kept)
 
 
 @dataclass(frozen=True)
@@ -79,7 +112,8 @@ class Node:
         for p in (self.paths.state, self.paths.builds, self.paths.work):
             p.mkdir(parents=True, exist_ok=True)
         self.log = RaftLog(RaftSettings(
-            self_address=config.node.raft_address, partners=config.cluster.peers,
+            self_address=config.node.raft_address,
+            partners=without_self(config.node.raft_address, config.cluster.peers),
             data_dir=self.paths.state,
             # The cluster name salts the key: two clusters sharing a secret still stay apart.
             password=f"{config.cluster.name}\0{config.cluster.secret}"))
