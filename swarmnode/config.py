@@ -301,9 +301,13 @@ def load_config(path: str | Path) -> Config:
         lease_ttl_s=_get(bt, "lease_ttl_s", float, 10.0, "build"),
         heartbeat_s=_get(bt, "heartbeat_s", float, 2.0, "build"),
         poll_s=_get(bt, "poll_s", float, 1.0, "build"),
-        max_parallel_jobs=_get(bt, "max_parallel_jobs", int, 1, "build"),
+        # 0 = one build per 4 cores: a 24-core node runs one big build or six small ones.
+        max_parallel_jobs=(_get(bt, "max_parallel_jobs", int, 0, "build")
+                           or max(1, node.cores // 4)),
         keep_build_roots=_get(bt, "keep_build_roots", bool, False, "build"),
     )
+    if build.max_parallel_jobs < 0:
+        raise UserError("build.max_parallel_jobs must be 0 (one per 4 cores) or more")
     if build.heartbeat_s * 2 > build.lease_ttl_s:
         raise UserError("build.heartbeat_s must be at most half of build.lease_ttl_s")
     keep = _get(raw.get("binhost", {}), "keep_releases", int, 5, "binhost")
