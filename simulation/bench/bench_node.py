@@ -32,6 +32,7 @@ from aiohttp import web
 from swarmnode.consensus.raft import NoQuorum, RaftLog, RaftSettings
 from swarmnode.node import decisions
 from swarmnode.node.commands import command
+from swarmnode.node.worker import idle
 
 log = logging.getLogger("bench_node")
 
@@ -157,12 +158,7 @@ class BenchNode:
             await self._idle()
 
     async def _idle(self) -> None:
-        freed = asyncio.create_task(self._slot_freed.wait())
-        changed = asyncio.create_task(self.log.wait_changed(self.opts.poll_s))
-        await asyncio.wait({freed, changed}, return_when=asyncio.FIRST_COMPLETED)
-        freed.cancel()
-        changed.cancel()
-        self._slot_freed.clear()
+        await idle(self._slot_freed, self.log, self.opts.poll_s)  # the daemon's own wait
 
     def _start(self, job: dict[str, Any], lease: dict[str, Any]) -> None:
         fence = int(lease["fence"])

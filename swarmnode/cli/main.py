@@ -242,24 +242,25 @@ def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         _emit(_ctx(ctx).client.get("/api/v1/nodes"), as_json, render.nodes)
 
 
-@nodes_app.command("add")
-def nodes_add(ctx: typer.Context,
-              address: Annotated[str, typer.Argument(help="The new node's Raft HOST:PORT.")],
-              as_json: JsonOpt = False) -> None:
-    """Add a voter (then start the new node with the others in its cluster.peers)."""
-    result = _ctx(ctx).client.post("/api/v1/nodes", {"action": "add", "address": address})
+def _change_voters(ctx: typer.Context, action: str, address: str, as_json: bool) -> None:
+    result = _ctx(ctx).client.post("/api/v1/nodes", {"action": action, "address": address})
     _emit(result, as_json, lambda r: render.console.print(
-        f"[green]added[/] {address}; voters: {', '.join(r['members'])}"))
+        f"[green]{action.rstrip('e')}ed[/] {address}; voters: {', '.join(r['members'])}"))
+
+
+AddressArg = Annotated[str, typer.Argument(help="The node's Raft HOST:PORT (its node.raft).")]
+
+
+@nodes_app.command("add")
+def nodes_add(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = False) -> None:
+    """Add a voter (then start the new node with the others in its cluster.peers)."""
+    _change_voters(ctx, "add", address, as_json)
 
 
 @nodes_app.command("remove")
-def nodes_remove(ctx: typer.Context,
-                 address: Annotated[str, typer.Argument(help="The node's Raft HOST:PORT.")],
-                 as_json: JsonOpt = False) -> None:
+def nodes_remove(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = False) -> None:
     """Remove a voter (a machine retired for good); its artifacts are re-replicated."""
-    result = _ctx(ctx).client.post("/api/v1/nodes", {"action": "remove", "address": address})
-    _emit(result, as_json, lambda r: render.console.print(
-        f"[green]removed[/] {address}; voters: {', '.join(r['members'])}"))
+    _change_voters(ctx, "remove", address, as_json)
 
 
 def main() -> None:

@@ -140,6 +140,15 @@ class Node:
     async def submit(self, cmd: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
         return await self.log.submit(cmd, timeout)
 
+    async def submit_until_committed(self, cmd: dict[str, Any], what: str) -> dict[str, Any]:
+        """Submit until a quorum commits it (same rid every time): for what a node must get
+        through, like registering, whatever the cluster is going through meanwhile."""
+        while True:
+            try:
+                return await self.submit(cmd)
+            except NoQuorum as exc:
+                log.warning("%s: %s; retrying", what, exc)
+
     async def submit_all(self, commands: list[decisions.Command]) -> list[dict[str, Any]]:
         return [await self.submit(command(op, **fields)) for op, fields in commands]
 
@@ -177,12 +186,7 @@ class Node:
         cmd = command("set_signing_key", fingerprint=self.key.fingerprint,
                       public_key=self.public_key,
                       secret=fernet.encrypt(secret.encode()).decode())
-        while True:
-            try:
-                result = await self.submit(cmd)
-                break
-            except NoQuorum as exc:
-                log.warning("agreeing on the signing key: %s; retrying", exc)
+        result = await self.submit_until_committed(cmd, "agreeing on the signing key")
         if result["fingerprint"] == self.key.fingerprint:
             return
         armored = fernet.decrypt(result["secret"].encode()).decode()
@@ -209,12 +213,7 @@ class Node:
         ]
         await self._adopt_swarm_key()
         for cmd in commands:
-            while True:
-                try:
-                    await self.submit(cmd)
-                    break
-                except NoQuorum as exc:
-                    log.warning("joining the swarm: %s; retrying", exc)
+            await self.submit_until_committed(cmd, "joining the swarm")
         self.registered.set()
         log.info("node %s registered (Raft %s, tree %s)", cfg.node.node_id,
                  cfg.node.raft_address, versions)
@@ -348,12 +347,7 @@ class Node:
         self.sync_status = {"id": sync_id, "running": False, "errors": errors}
         cmd = command("tree_report", node_id=self.node_id, tree_versions=versions,
                       sync_id=sync_id, error="; ".join(errors))
-        while True:
-            try:
-                await self.submit(cmd)
-                return
-            except NoQuorum as exc:
-                log.warning("reporting the synced tree: %s; retrying", exc)
+        await self.submit_until_committed(cmd, "reporting the synced tree")
 
     # -- make the binhost serve what the state says is in production -------------------------
     # The state is read on the event loop (where commands are applied, so it never changes

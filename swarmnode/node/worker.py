@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from swarmnode.binhost import PackageRef
+from swarmnode.consensus import ReplicatedLog
 from swarmnode.consensus.raft import NoQuorum
 from swarmnode.node import decisions
 from swarmnode.node.commands import command
@@ -30,6 +31,16 @@ if TYPE_CHECKING:
     from swarmnode.node.runtime import Node
 
 log = logging.getLogger(__name__)
+
+
+async def idle(slot_freed: asyncio.Event, log: ReplicatedLog, poll_s: float) -> None:
+    """Wait until the state changes, a build slot frees up, or poll_s passes."""
+    freed = asyncio.create_task(slot_freed.wait())
+    changed = asyncio.create_task(log.wait_changed(poll_s))
+    await asyncio.wait({freed, changed}, return_when=asyncio.FIRST_COMPLETED)
+    freed.cancel()
+    changed.cancel()
+    slot_freed.clear()
 
 
 @dataclass
@@ -100,13 +111,7 @@ class Worker:
         builds.mkdir(parents=True, exist_ok=True)
 
     async def _idle(self) -> None:
-        """Wait until the state changes, a build slot frees up, or poll_s passes."""
-        freed = asyncio.create_task(self._slot_freed.wait())
-        changed = asyncio.create_task(self.node.log.wait_changed(self.cfg.build.poll_s))
-        await asyncio.wait({freed, changed}, return_when=asyncio.FIRST_COMPLETED)
-        freed.cancel()
-        changed.cancel()
-        self._slot_freed.clear()
+        await idle(self._slot_freed, self.node.log, self.cfg.build.poll_s)
 
     def _start(self, job: dict[str, Any], lease: dict[str, Any]) -> None:
         fence = int(lease["fence"])
