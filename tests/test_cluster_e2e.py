@@ -182,6 +182,14 @@ def test_finalize_on_any_node_publishes_the_same_release_everywhere(
         served_release_is_whole(n)
 
 
+def test_any_node_shows_the_log_of_a_build_done_elsewhere(cluster: list[NodeProc]) -> None:
+    jobs = cycle(cluster[0], "desktop")["jobs"]
+    cpv, job = next((c, j) for c, j in sorted(jobs.items()) if j["log_node"] != "n1")
+    shown = cluster[0].cli("logs", "--profile", "desktop", cpv)  # n1 fetches it from its builder
+    assert shown.returncode == 0, shown.stderr
+    assert "swarmnode: phase 1/2" in shown.stdout and cpv.split("/")[1] in shown.stdout
+
+
 def test_killing_the_leader_mid_cycle_loses_nothing(cluster: list[NodeProc]) -> None:
     first = leader(cluster)
     assert first is not None

@@ -146,7 +146,8 @@ async def post_reset(request: web.Request) -> web.Response:
 
 async def get_log(request: web.Request) -> web.Response:
     data = await ops.build_log(request.app[NODE], _query_profile(request),
-                               request.match_info["cpv"])
+                               request.match_info["cpv"],
+                               local_only=request.query.get("local") == "1")
     return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
 

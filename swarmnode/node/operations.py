@@ -17,6 +17,7 @@ from portage.versions import cpv_getkey
 from swarmnode.binhost import PackageRef
 from swarmnode.consensus.raft import NoQuorum
 from swarmnode.errors import UserError
+from swarmnode.node import decisions
 from swarmnode.node.commands import command
 from swarmnode.node.runtime import Node
 from swarmnode.portage import atoms, index, planner
@@ -178,8 +179,10 @@ async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:
     return _ok(await node.submit(command("reset", **fields)))
 
 
-async def build_log(node: Node, profile_name: str | None, cpv: str) -> bytes:
-    """The log of a package's build: live while this node builds it, else its latest attempt."""
+async def build_log(node: Node, profile_name: str | None, cpv: str,
+                    local_only: bool = False) -> bytes:
+    """The log of a package's build: live while it builds (on whichever node), else its
+    latest attempt (fetched from the node that built it if this one has no copy)."""
     profile = node.config.profile(profile_name)
     cpv = atoms.validate_cpv(cpv)
     state = node.log.state
@@ -187,13 +190,26 @@ async def build_log(node: Node, profile_name: str | None, cpv: str) -> bytes:
     if job is None:
         raise UserError(f"{cpv} was not built in any cycle of {profile.name}", 404)
     lease = state.lease(job.lease) if job.lease is not None else None
-    if lease is not None and lease.node_id == node.config.node.node_id:
+    if lease is not None and lease.node_id == node.node_id:
         live = node.paths.builds / str(lease.fence) / "build.log"
         if live.is_file():
             return await asyncio.to_thread(live.read_bytes)
+    elif lease is not None and not local_only:  # building elsewhere: ask that node
+        urls = node.peer_urls([lease.node_id])
+        if urls:
+            text = await node.fetcher.get_bytes(
+                f"{urls[0]}/api/v1/logs/{cpv}?profile={profile.name}&local=1")
+            if text is not None:
+                return text
     if not job.log_sha256:
         where = f" on {lease.node_id}" if lease is not None else ""
         raise UserError(f"{cpv} has no build log yet (state: {job.state}{where})", 404)
+    if not local_only and job.log_node and not await asyncio.to_thread(node.store.has,
+                                                                        job.log_sha256):
+        item = decisions.Fetch(job.log_sha256, 0, f"log of {cpv}", (job.log_node,))
+        if not await node.fetcher.fetch(item, node.peer_urls([job.log_node])):
+            raise UserError(f"the log of {cpv} is on {job.log_node}, which does not answer; "
+                            "try again when it is up", 503)
     return await asyncio.to_thread(node.store.read_bytes, job.log_sha256)
 
 

@@ -86,6 +86,18 @@ class PeerFetcher:
             return False
         return True
 
+    async def get_bytes(self, url: str, limit: int = 64 << 20) -> bytes | None:
+        """A small GET from a peer (a live build log, say); None if it does not answer."""
+        try:
+            async with self._client().get(url) as resp:
+                if resp.status != 200:
+                    return None
+                data = await resp.content.read(limit)
+                return data
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("GET %s failed: %s", url, exc)
+            return None
+
     async def close(self) -> None:
         for task in list(self._inflight.values()):
             task.cancel()
