@@ -158,8 +158,8 @@ def test_cluster_builds_while_a_worker_is_killed_mid_build(cluster: list[NodePro
 
     victim.start()  # rejoins from its data dir and catches up
     wait_converged(cluster, "the restarted node to catch up")
-    view = victim.get("/api/v1/nodes")
-    assert all(x["up"] for x in view["nodes"] if x.get("node_id"))
+    wait_for(lambda: all(x["up"] for x in victim.get("/api/v1/nodes")["nodes"]
+                         if x.get("node_id")), 30, "the leader to mark the node up again")
 
 
 def test_finalize_on_any_node_publishes_the_same_release_everywhere(
@@ -260,3 +260,51 @@ def test_a_hung_worker_loses_its_lease_and_its_late_result_is_discarded(
              or "rejected" in hung.log_path.read_text(), 30,
              "the stale worker to learn it lost the lease")
     wait_converged(cluster, "replicas to converge")
+
+
+def test_voters_are_added_and_removed_with_the_cli(cluster: list[NodeProc]) -> None:
+    first = cluster[0]
+    known = first.cli("nodes", "add", cluster[1].raft)
+    assert known.returncode == 1 and "already a voter" in known.stderr
+    bad = first.cli("nodes", "add", "no-port-here")
+    assert bad.returncode == 1 and "must be HOST:PORT" in bad.stderr
+    myself = first.cli("nodes", "remove", first.raft)
+    assert myself.returncode == 1 and "cannot remove itself" in myself.stderr
+
+    root = first.root
+    fourth = NodeProc(root, "n4", first.profiles_toml)
+    added = cluster[1].cli("nodes", "add", fourth.raft)  # on any node, before it starts
+    assert added.returncode == 0, added.stderr
+    fourth.peers = [n.raft for n in cluster] + [fourth.raft]
+    fourth.start()
+    try:
+        wait_for(lambda: any(x.get("node_id") == "n4" and x["up"]
+                             for x in first.get("/api/v1/nodes")["nodes"]), 60,
+                 "n4 to register through the cluster")
+        wait_converged(cluster + [fourth], "n4 to catch up")
+    finally:
+        fourth.stop()
+    removed = cluster[2].cli("nodes", "remove", fourth.raft)
+    assert removed.returncode == 0, removed.stderr
+    view = first.get("/api/v1/nodes")
+    assert next(x for x in view["nodes"] if x.get("node_id") == "n4")["role"] == "removed"
+    assert (first.cli("status").returncode == 0)
+
+
+def test_without_a_quorum_reads_say_so_and_verify_refuses(cluster: list[NodeProc]) -> None:
+    alone, others = cluster[0], cluster[1:]
+    for n in others:
+        n.stop()
+    try:
+        wait_for(lambda: not alone.get("/api/v1/status")["cluster"]["has_quorum"], 30,
+                 "the lone node to see it has no quorum")
+        status = alone.cli("status")
+        assert status.returncode == 0 and "no quorum" in status.stdout  # reads still answer
+        verdict = alone.cli("verify", "--profile", "desktop")
+        assert verdict.returncode == 1 and "no quorum" in verdict.stdout
+        fresh = alone.cli("fresh", "--profile", "server", "app-misc/motd")
+        assert fresh.returncode == 2 and "reaches 1 of 3 voters" in fresh.stderr
+    finally:
+        for n in others:
+            n.start()
+    wait_converged(cluster, "the cluster to re-form")
