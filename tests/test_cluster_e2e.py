@@ -223,37 +223,33 @@ def test_killing_the_leader_mid_cycle_loses_nothing(cluster: list[NodeProc]) -> 
 
 def test_a_hung_worker_loses_its_lease_and_its_late_result_is_discarded(
         cluster: list[NodeProc]) -> None:
-    """SIGSTOP a worker mid-build: the leader revokes its lease, another node builds the job;
-    after SIGCONT the stale worker's heartbeat/completion is refused, never recorded."""
-    lead = leader(cluster)
-    assert lead is not None
-    entry = next(n for n in cluster if n is not lead)
-    # A new desktop cycle with one real job: bump libgreet's revision in the repo copy.
+    """SIGSTOP the node building a job (a follower or the leader, whichever claimed it): its
+    lease is revoked, another node builds the job, and after SIGCONT the stale worker's
+    heartbeat/completion is refused, never recorded."""
+    # A new desktop cycle with one long job: bump bigtable's revision in the repo copy.
     repo = Path(cluster[0].config.read_text().split('repositories = ["')[1].split('"')[0])
-    lib = repo / "dev-libs" / "libgreet"
-    src = sorted(lib.glob("libgreet-1.0*.ebuild"))[-1]
-    shutil.copy(src, lib / "libgreet-1.0-r9.ebuild")
-    manifest = entry.cli("fresh", "--profile", "desktop", "dev-libs/libgreet")
-    assert manifest.returncode == 0, manifest.stderr
-    target = "dev-libs/libgreet-1.0-r9"
+    pkg = repo / "app-misc" / "bigtable"
+    shutil.copy(pkg / "bigtable-1.0.ebuild", pkg / "bigtable-1.0-r9.ebuild")
+    started = cluster[0].cli("fresh", "--profile", "desktop", "app-misc/bigtable")
+    assert started.returncode == 0, started.stderr
+    target = "app-misc/bigtable-1.0-r9"
 
     def holder() -> NodeProc | None:
-        job = cycle(entry, "desktop")["jobs"].get(target, {})
-        if job.get("state") == "leased" and job["node"] != lead.node_id:
+        job = cycle(cluster[0], "desktop")["jobs"].get(target, {})
+        if job.get("state") == "leased":
             return next(n for n in cluster if n.node_id == job["node"])
         return None
 
-    hung = wait_for(holder, 300, f"{target} to be built on a follower")
+    hung = wait_for(holder, 300, f"{target} to be claimed")
+    watch = next(n for n in cluster if n is not hung)
     assert hung.proc is not None
     os.kill(hung.proc.pid, signal.SIGSTOP)  # the daemon hangs; its build child runs on
     try:
-        wait_for(lambda: (cycle(entry if entry is not hung else lead, "desktop")["jobs"]
-                          [target])["node"] != hung.node_id, 30,
+        wait_for(lambda: cycle(watch, "desktop")["jobs"][target]["node"] != hung.node_id, 30,
                  "the hung node's lease to be revoked and the job handed on")
     finally:
         os.kill(hung.proc.pid, signal.SIGCONT)
-    other = lead if hung is entry else entry
-    done = wait_for(lambda: (c := cycle(other, "desktop"))["finished"] and c, 600, "the cycle")
+    done = wait_for(lambda: (c := cycle(watch, "desktop"))["finished"] and c, 600, "the cycle")
     job = done["jobs"][target]
     assert job["state"] == "built" and job["log_node"] != hung.node_id
     wait_for(lambda: "was lost" in hung.log_path.read_text()
