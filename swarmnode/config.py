@@ -191,7 +191,7 @@ def _listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _raft_address(value: str, where: str) -> str:
+def check_raft_address(value: str, where: str) -> str:
     """HOST:PORT exactly as every node writes it (Raft identifies a node by this string)."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or "/" in value or not port.isdigit() or not 0 < int(port) < 65536:
@@ -206,7 +206,7 @@ def _peers(values: list[Any], self_address: str) -> tuple[str, ...]:
     for i, value in enumerate(values):
         if not isinstance(value, str):
             raise UserError(f"cluster.peers[{i}] must be a \"HOST:PORT\" string, got {value!r}")
-        address = _raft_address(value.strip(), f"cluster.peers[{i}]")
+        address = check_raft_address(value.strip(), f"cluster.peers[{i}]")
         if address != self_address and address not in out:
             out.append(address)
     return tuple(out)
@@ -277,7 +277,7 @@ def load_config(path: str | Path) -> Config:
         listen_port=port,
         advertise_url=_get(node_t, "url", str, f"http://{url_host}:{port}", "node").rstrip("/"),
         cores=_get(node_t, "cores", int, 0, "node") or (os.cpu_count() or 1),
-        raft_address=_raft_address(raft, "node.raft"),
+        raft_address=check_raft_address(raft, "node.raft"),
         sweeper=_get(node_t, "sweeper", bool, False, "node"),
         workstation=_get(node_t, "workstation", bool, False, "node"),
         reserve_cores=_get(node_t, "reserve_cores", int, 1, "node"),

@@ -19,6 +19,7 @@ from aiohttp import web
 from swarmnode.errors import UserError
 from swarmnode.node import operations as ops
 from swarmnode.node.runtime import Node
+from swarmnode.store import check_sha256
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ async def get_releases(request: web.Request) -> web.Response:
 
 async def get_object(request: web.Request) -> web.StreamResponse:
     """A store object for a peer (replication, release materialisation)."""
-    from swarmnode.store import check_sha256  # noqa: PLC0415
-
     node = request.app[NODE]
     sha = check_sha256(request.match_info["sha256"])
     path = await asyncio.to_thread(node.store.path, sha)  # verified: never serves bad bytes

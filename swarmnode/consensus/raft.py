@@ -250,11 +250,6 @@ class RaftLog:
         return (f"this node reaches {connected} of {total} voters (a majority is "
                 f"{total // 2 + 1}); leader: {self.leader_address or 'none'}")
 
-    async def barrier(self, timeout: float = 15.0) -> None:
-        """Return once this replica has applied everything committed before the call."""
-        from swarmnode.node.commands import command  # noqa: PLC0415 (avoid an import cycle)
-        await self.submit(command("barrier"), timeout)
-
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until this replica has caught up with a leader's commit index (after a
         restart: replayed its journal and received what it missed). False on timeout, e.g.

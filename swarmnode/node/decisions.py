@@ -80,16 +80,9 @@ def staging_artifacts(cycle: Any, cpv: str) -> list[Any]:
     artifacts of its transitive dependencies (not the whole cycle: a node then fetches only
     what this build needs)."""
     found = dict(cycle.reused)
-    stack, seen = list(cycle.jobs[cpv].deps), set()
-    while stack:
-        dep = stack.pop()
-        if dep in seen:
-            continue
-        seen.add(dep)
-        job = cycle.jobs[dep]
-        if job.artifact is not None:
-            found[dep] = job.artifact
-        stack.extend(job.deps)
+    for dep in cycle.closure(cycle.jobs[cpv].deps, "deps"):
+        if cycle.jobs[dep].artifact is not None:
+            found[dep] = cycle.jobs[dep].artifact
     return [found[c] for c in sorted(found)]
 
 
@@ -156,7 +149,7 @@ def _rank(sha256: str, node_id: str) -> str:
     return hashlib.sha256(f"{sha256}:{node_id}".encode()).hexdigest()
 
 
-def replication_fetches(state: SwarmState, me: str, have: set[str]) -> list[Fetch]:
+def replication_fetches(state: SwarmState, me: str) -> list[Fetch]:
     """Under-replicated artifacts this node is chosen to copy (and does not hold yet).
 
     For each artifact short of its target, the up nodes that lack it are ranked by rendezvous
@@ -175,7 +168,7 @@ def replication_fetches(state: SwarmState, me: str, have: set[str]) -> list[Fetc
         candidates = sorted((n for n in up_nodes if n not in holders),
                             key=lambda n: _rank(entry["sha256"], n))
         chosen = candidates[: entry["missing"]]
-        if me in chosen and entry["sha256"] not in have:
+        if me in chosen:
             out.append(Fetch(entry["sha256"], entry["size"], entry["cpv"], tuple(holders)))
     return out
 

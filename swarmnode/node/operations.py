@@ -15,6 +15,7 @@ from portage.dep import Atom, match_from_list
 from portage.versions import cpv_getkey
 
 from swarmnode.binhost import PackageRef
+from swarmnode.config import check_raft_address
 from swarmnode.consensus.raft import NoQuorum
 from swarmnode.errors import UserError
 from swarmnode.node import decisions
@@ -101,7 +102,7 @@ async def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
     profile = node.config.profile(profile_name)
     stale = ""
     try:
-        await node.log.barrier(timeout=5.0)  # judge the current state, not a lagging replica
+        await node.barrier(timeout=5.0)  # judge the current state, not a lagging replica
     except NoQuorum as exc:
         stale = f"this node has no quorum, the report may be stale ({exc.message})"
     cycle = node.log.state.latest_cycle(profile.name)
@@ -143,7 +144,7 @@ async def verify(node: Node, profile_name: str | None) -> dict[str, Any]:
 async def finalize(node: Node, profile_name: str | None, force: bool) -> dict[str, Any]:
     """Record a release of the latest cycle and publish it on this node's binhost (every
     other node publishes it too, fetching what it lacks)."""
-    await node.log.barrier()  # decide on the current state, not a lagging replica
+    await node.barrier()  # decide on the current state, not a lagging replica
     report = await verify(node, profile_name)
     profile = report["profile"]
     if report["pending"]:
@@ -266,10 +267,9 @@ def nodes(node: Node) -> dict[str, Any]:
 
 async def change_membership(node: Node, action: str, address: str) -> dict[str, Any]:
     """`swarmnode nodes add|remove HOST:PORT`: change the Raft voter set through the log."""
-    from swarmnode.config import _raft_address  # noqa: PLC0415 (one validator for both)
     if action not in ("add", "remove"):
         raise UserError(f"action must be 'add' or 'remove', got {action!r}")
-    address = _raft_address(address, "address")
+    address = check_raft_address(address, "address")
     members = node.log.members()
     if action == "add" and address in members:
         raise UserError(f"{address} is already a voter", 409)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import socket
 import threading
 import time
@@ -30,7 +29,7 @@ from swarmnode.node import decisions
 from swarmnode.node.commands import command
 from swarmnode.node.peers import PeerFetcher
 from swarmnode.node.worker import Worker
-from swarmnode.portage import builder, signing
+from swarmnode.portage import signing
 from swarmnode.portage import sync as portage_sync
 from swarmnode.store import ArtifactStore
 
@@ -121,7 +120,6 @@ class Node:
         self.fetcher = PeerFetcher(self.store, config.cluster.secret)
         self.registered = asyncio.Event()
         self.liveness = decisions.LivenessTracker(config.cluster.down_after_s)
-        self.sync_status: dict[str, Any] = {}
         self._tree_checked = -1e9
         self.binhost = Binhost(self.paths.binhost, self.store)
         self.key = signing.ensure_signing_key(self.paths.gpg, name=f"swarmnode {config.cluster.name}")
@@ -149,6 +147,11 @@ class Node:
             except NoQuorum as exc:
                 log.warning("%s: %s; retrying", what, exc)
 
+    async def barrier(self, timeout: float = 15.0) -> None:
+        """Return once the local replica has applied everything committed before the call:
+        a read after it is current (a read through the log)."""
+        await self.submit(command("barrier"), timeout)
+
     async def submit_all(self, commands: list[decisions.Command]) -> list[dict[str, Any]]:
         return [await self.submit(command(op, **fields)) for op, fields in commands]
 
@@ -161,11 +164,9 @@ class Node:
         self.binhost.recover()
         # Builds of a previous life (killed with -9) may still run: stop them, wipe their roots.
         # Their leases expire and the jobs are built again.
-        killed = await asyncio.to_thread(builder.kill_leftover_builds, self.paths.builds)
+        killed = await self.worker.clear_build_roots()
         if killed:
             log.warning("killed %d processes of builds left from before a restart", killed)
-        await asyncio.to_thread(shutil.rmtree, self.paths.builds, True)
-        self.paths.builds.mkdir(parents=True, exist_ok=True)
         self._tasks = [
             asyncio.create_task(self._join(), name="join"),
             asyncio.create_task(self.worker.run(), name="worker"),
@@ -264,7 +265,7 @@ class Node:
         await self.registered.wait()
         while True:
             state = self.log.state
-            todo = decisions.replication_fetches(state, self.node_id, set())
+            todo = decisions.replication_fetches(state, self.node_id)
             if todo:
                 await self.fetch_all(todo)
             await self.log.wait_changed(2.0)
@@ -333,7 +334,6 @@ class Node:
             await self.log.wait_changed(5.0)
 
     async def run_sync(self, sync_id: str) -> None:
-        self.sync_status = {"id": sync_id, "running": True}
         errors, versions = [], {}
         for profile in self.config.profiles.values():
             workdir = self.paths.work / f"sync-{profile.name}"
@@ -344,7 +344,6 @@ class Node:
                 log.error("sync of %s failed: %s", profile.name, result.error)
             else:
                 log.info("synced %s: tree %s", profile.name, result.tree_version)
-        self.sync_status = {"id": sync_id, "running": False, "errors": errors}
         cmd = command("tree_report", node_id=self.node_id, tree_versions=versions,
                       sync_id=sync_id, error="; ".join(errors))
         await self.submit_until_committed(cmd, "reporting the synced tree")
@@ -387,26 +386,22 @@ class Node:
         """
         state = self.log.state
         wanted: dict[str, tuple[Publication, set[str]]] = {}
-        releases = []
         for profile in self.config.profiles:
             prod = state.production(profile)
             release = state.release(prod.release_id) if prod is not None else None
-            if prod is not None and release is not None:
-                refs = tuple(PackageRef.of(release.packages[c]) for c in sorted(release.packages))
-                wanted[profile] = (Publication(prod.release_id, prod.timestamp, refs),
-                                   {r.id for r in state.releases(profile)})
-                releases.append(release)
-        for release in releases:
-            if self.binhost.current(release.profile) == (wanted[release.profile][0].release_id,
-                                                         wanted[release.profile][0].timestamp):
+            if prod is None or release is None:
                 continue
-            missing = await self.ensure_local([release.packages[c]
-                                               for c in sorted(release.packages)])
-            if missing:
-                self.publish_errors[release.profile] = (
-                    f"release {release.id}: {len(missing)} packages not yet fetched from other "
-                    f"nodes ({', '.join(missing[:5])}); retrying")
-                del wanted[release.profile]
+            packages = [release.packages[c] for c in sorted(release.packages)]
+            if self.binhost.current(profile) != (prod.release_id, prod.timestamp):
+                missing = await self.ensure_local(packages)
+                if missing:
+                    self.publish_errors[profile] = (
+                        f"release {release.id}: {len(missing)} packages not yet fetched from "
+                        f"other nodes ({', '.join(missing[:5])}); retrying")
+                    continue
+            refs = tuple(PackageRef.of(a) for a in packages)
+            wanted[profile] = (Publication(prod.release_id, prod.timestamp, refs),
+                               {r.id for r in state.releases(profile)})
         await asyncio.to_thread(self._publish_all, wanted)
 
     def _publish_all(self, wanted: dict[str, tuple[Publication, set[str]]]) -> None:

@@ -71,9 +71,6 @@ class Worker:
             load_1m=psutil.getloadavg()[0] if node.workstation else 0.0,
             reserve_cores=node.reserve_cores)
 
-    def free_cores(self) -> int:
-        return decisions.free_cores(self.view())
-
     async def run(self) -> None:
         await self.node.registered.wait()
         grounded = False
@@ -105,10 +102,16 @@ class Worker:
         for build in list(self.running.values()):
             build.task.cancel()
         await asyncio.gather(*(b.task for b in self.running.values()), return_exceptions=True)
+        await self.clear_build_roots()
+
+    async def clear_build_roots(self) -> int:
+        """Kill every process of a build under the build roots and wipe them (at start-up and
+        when grounded). Returns how many processes had to be killed."""
         builds = self.node.paths.builds
-        await asyncio.to_thread(builder.kill_leftover_builds, builds)
+        killed = await asyncio.to_thread(builder.kill_leftover_builds, builds)
         await asyncio.to_thread(shutil.rmtree, builds, True)
         builds.mkdir(parents=True, exist_ok=True)
+        return killed
 
     async def _idle(self) -> None:
         await idle(self._slot_freed, self.node.log, self.cfg.build.poll_s)
@@ -147,7 +150,8 @@ class Worker:
                 return
             except Exception as exc:  # the build could not run at all (e.g. staging failed)
                 # Not the package's fault: requeued without counting as a failure.
-                log.warning("build of %s could not run here (%s); handing it back", cpv, exc)
+                log.warning("build of %s could not run here (%s); handing it back", cpv, exc,
+                            exc_info=True)
                 result = builder.BuildResult(False, None, log_path, 0.0,
                                              f"the node could not run the build: {exc}")
                 not_run = True

@@ -727,20 +727,14 @@ class SwarmState:
     @staticmethod
     def _block_dependents(cyc: Cycle, failed: Job) -> list[str]:
         """Mark every transitive dependent of ``failed`` blocked by it; returns them sorted."""
-        seen: set[str] = set()
-        stack = list(failed.dependents)
-        while stack:
-            cpv = stack.pop()
-            if cpv in seen:
-                continue
-            seen.add(cpv)
+        blocked = cyc.closure(failed.dependents, "dependents")
+        for cpv in blocked:
             job = cyc.jobs[cpv]
             if failed.cpv not in job.blocked_by:
                 job.blocked_by = sorted([*job.blocked_by, failed.cpv])
             if job.state != BLOCKED:
                 cyc.set_state(job, BLOCKED)
-            stack.extend(job.dependents)
-        return sorted(seen)
+        return blocked
 
     def _op_artifact_stored(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """A node now holds a copy of an artifact (replication bookkeeping)."""

@@ -227,6 +227,18 @@ class Cycle(_Record):
         """No job left to build or in flight (failed/blocked jobs do not keep a cycle open)."""
         return self.unfinished == 0
 
+    def closure(self, start: list[str], via: str) -> list[str]:
+        """Every job reachable from ``start`` along ``via`` ("deps" or "dependents"),
+        transitively, sorted (``start`` itself only if reachable from it)."""
+        seen: set[str] = set()
+        stack = list(start)
+        while stack:
+            cpv = stack.pop()
+            if cpv not in seen:
+                seen.add(cpv)
+                stack.extend(getattr(self.jobs[cpv], via))
+        return sorted(seen)
+
     def artifacts(self) -> list[Artifact]:
         """Everything this cycle has so far: reused packages plus built jobs, cpv order."""
         found = dict(self.reused)
