@@ -243,10 +243,8 @@ class RaftLog:
                        f"(last error: {last}); {self.quorum_hint()}")
 
     def quorum_hint(self) -> str:
-        status = self._obj.getStatus()
-        total = status["partner_nodes_count"] + 1
-        connected = 1 + sum(1 for k, v in status.items()
-                            if k.startswith("partner_node_status_server_") and v == 2)
+        members = self.members()
+        total, connected = len(members), sum(members.values())
         return (f"this node reaches {connected} of {total} voters (a majority is "
                 f"{total // 2 + 1}); leader: {self.leader_address or 'none'}")
 

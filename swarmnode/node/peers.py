@@ -92,8 +92,7 @@ class PeerFetcher:
             async with self._client().get(url) as resp:
                 if resp.status != 200:
                     return None
-                data = await resp.content.read(limit)
-                return data
+                return await resp.content.read(limit)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.info("GET %s failed: %s", url, exc)
             return None
