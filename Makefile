@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 setup: host-deps $(STAMP)
 
 # Debian packages portage needs on a non-Gentoo host (scanelf from pax-utils, gpg for
-# signing, git for repository sync) and the `portage` user/group it drops privileges to.
+# signing, git for repository sync), `ip` (iproute2) for the network-namespace tests, and
+# the `portage` user/group it drops privileges to.
 host-deps:
 	@missing=""; \
 	command -v scanelf >/dev/null || missing="$$missing pax-utils"; \
@@ -17,6 +18,7 @@ host-deps:
 	command -v git >/dev/null || missing="$$missing git"; \
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	command -v make >/dev/null || missing="$$missing make"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  echo ">>> installing Debian packages:$$missing"; \
 	  (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \

@@ -18,6 +18,7 @@ from typing import Any
 from swarmnode.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = _NAME  # node ids and cluster names
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class NodeConfig:
     sweeper: bool = False
     workstation: bool = False  # shared machine: claim only what its own load leaves free
     reserve_cores: int = 1  # a workstation always keeps this many cores for its user
+    site: str = ""  # a label for where the machine stands ("office", "colo-ams"), shown by nodes
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,20 @@ class ClusterConfig:
     peers: tuple[str, ...] = ()  # Raft addresses (HOST:PORT) of the other voters
     replicas: int = 2  # copies of every artifact before its job counts as durable
     down_after_s: float = 3.0  # unreachable this long → the leader marks a node down
+    max_voters: int = 5  # Raft voters; further nodes are non-voting workers
+    voter_grace_s: float = 3600.0  # a voter down this long is replaced by an up worker
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """How a node finds its swarm without a peer list (only when it listens beyond loopback)."""
+
+    mdns: bool = True  # advertise and browse _swarmnode._tcp on the LAN
+    interfaces: tuple[str, ...] = ()  # interface names or addresses mDNS uses; () = all
+    tailscale: bool = True  # ask `tailscale status --json` for peers when the command exists
+    tailscale_command: str = "tailscale"
+    tailscale_api_port: int = 0  # the API port at Tailscale peers; 0 = our own listen port
+    bootstrap_wait_s: float = 5.0  # a fresh node waits this long for a swarm before starting one
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class Config:
     build: BuildConfig
     keep_releases: int
     profiles: dict[str, ProfileConfig] = field(default_factory=dict)
+    discovery: DiscoveryConfig = DiscoveryConfig()
 
     def profile(self, name: str | None) -> ProfileConfig:
         """The named profile, or the only/first one when name is None."""
@@ -199,6 +216,40 @@ def check_raft_address(value: str, where: str) -> str:
     return value
 
 
+def _primary_address(interfaces: tuple[str, ...]) -> str | None:
+    """The first non-loopback IPv4 address (of the named interfaces, if any): what a node
+    listening on a wildcard address tells its peers to use."""
+    import psutil
+
+    for name, addrs in sorted(psutil.net_if_addrs().items()):
+        for addr in addrs:
+            if addr.family != socket.AF_INET or addr.address.startswith("127."):
+                continue
+            if not interfaces or name in interfaces or addr.address in interfaces:
+                return str(addr.address)
+    return None
+
+
+def _discovery(table: dict[str, Any]) -> DiscoveryConfig:
+    interfaces = _get(table, "interfaces", list, [], "discovery")
+    if not all(isinstance(i, str) and i for i in interfaces):
+        raise UserError("discovery.interfaces must be a list of interface names or addresses, "
+                        f"e.g. [\"eth0\"]; got {interfaces!r}")
+    disc = DiscoveryConfig(
+        mdns=_get(table, "mdns", bool, True, "discovery"),
+        interfaces=tuple(interfaces),
+        tailscale=_get(table, "tailscale", bool, True, "discovery"),
+        tailscale_command=_get(table, "tailscale_command", str, "tailscale", "discovery"),
+        tailscale_api_port=_get(table, "tailscale_api_port", int, 0, "discovery"),
+        bootstrap_wait_s=_get(table, "bootstrap_wait_s", float, 5.0, "discovery"),
+    )
+    if not 0 <= disc.tailscale_api_port < 65536:
+        raise UserError("discovery.tailscale_api_port must be a port number (0 = ours)")
+    if disc.bootstrap_wait_s < 0:
+        raise UserError("discovery.bootstrap_wait_s must be 0 or more seconds")
+    return disc
+
+
 def _peers(values: list[Any], self_address: str) -> tuple[str, ...]:
     """The other voters' Raft addresses; this node's own address may be listed (one shared
     list for every node) and is dropped."""
@@ -263,13 +314,17 @@ def load_config(path: str | Path) -> Config:
     node_id = _get(node_t, "id", str, socket.gethostname(), "node")
     if not _NAME.match(node_id):
         raise UserError(f"node.id {node_id!r} must be letters, digits, '.', '_' or '-'")
-    url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    discovery = _discovery(raw.get("discovery", {}))
+    url_host = host
+    if host in ("0.0.0.0", "::"):
+        url_host = _primary_address(discovery.interfaces) or "127.0.0.1"
     raft = _get(node_t, "raft", str, "", "node")
     if not raft:
-        if host in ("0.0.0.0", "::"):
-            raise UserError("node.raft must be set (HOST:PORT other nodes use to reach this one) "
-                            "when node.listen is a wildcard address")
-        raft = f"{host}:{port + 1}"
+        if url_host.startswith("127.") and host in ("0.0.0.0", "::"):
+            raise UserError("node.raft must be set (HOST:PORT other nodes use to reach this one): "
+                            "node.listen is a wildcard address and this machine has no other "
+                            "IPv4 address to offer")
+        raft = f"{url_host}:{port + 1}"
     node = NodeConfig(
         node_id=node_id,
         data_dir=_path(base, _get(node_t, "data_dir", str, "/var/lib/swarmnode", "node")),
@@ -281,6 +336,7 @@ def load_config(path: str | Path) -> Config:
         sweeper=_get(node_t, "sweeper", bool, False, "node"),
         workstation=_get(node_t, "workstation", bool, False, "node"),
         reserve_cores=_get(node_t, "reserve_cores", int, 1, "node"),
+        site=_get(node_t, "site", str, "", "node")[:64],
     )
     cl = raw.get("cluster", {})
     cluster = ClusterConfig(
@@ -292,9 +348,13 @@ def load_config(path: str | Path) -> Config:
         peers=_peers(_get(cl, "peers", list, [], "cluster"), node.raft_address),
         replicas=_get(cl, "replicas", int, 2, "cluster"),
         down_after_s=_get(cl, "down_after_s", float, 3.0, "cluster"),
+        max_voters=_get(cl, "max_voters", int, 5, "cluster"),
+        voter_grace_s=_get(cl, "voter_grace_s", float, 3600.0, "cluster"),
     )
     if cluster.replicas < 1:
         raise UserError("cluster.replicas must be at least 1")
+    if cluster.max_voters < 1:
+        raise UserError("cluster.max_voters must be at least 1 (5 tolerates 2 lost voters)")
     bt = raw.get("build", {})
     build = BuildConfig(
         timeout_s=_get(bt, "timeout_s", float, 4 * 3600.0, "build"),
@@ -317,4 +377,4 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(profiles_t, dict) or not profiles_t:
         raise UserError("config needs at least one [profiles.NAME] table")
     profiles = {n: _profile(n, t, base) for n, t in profiles_t.items()}
-    return Config(path, node, cluster, build, keep, profiles)
+    return Config(path, node, cluster, build, keep, profiles, discovery)

@@ -63,15 +63,21 @@ class NodeProc:
     peers: list[str] = field(default_factory=list)  # Raft addresses of the whole cluster
     extra_toml: str = ""  # appended to [build] (may open further tables)
     cluster_toml: str = ""  # appended to [cluster]
+    cluster_name: str = "test"
+    host: str = "127.0.0.1"  # the address it listens on (a namespace's LAN address)
+    netns: str | None = None  # run the node, its CLI and HTTP calls in this network namespace
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def raft(self) -> str:
-        return f"127.0.0.1:{self.raft_port}"
+        return f"{self.host}:{self.raft_port}"
+
+    def _argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     @property
     def config(self) -> Path:
@@ -91,12 +97,12 @@ class NodeProc:
 [node]
 id = "{self.node_id}"
 data_dir = "{self.data_dir}"
-listen = "127.0.0.1:{self.port}"
+listen = "{self.host}:{self.port}"
 raft = "{self.raft}"
 cores = 2
 
 [cluster]
-name = "test"
+name = "{self.cluster_name}"
 secret = "{self.secret}"
 peers = {json.dumps(self.peers)}
 {self.cluster_toml}
@@ -110,19 +116,25 @@ max_parallel_jobs = 2
 {self.profiles_toml}
 """)
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swarmnode", "serve", "--config", str(self.config)],
+            self._argv([sys.executable, "-m", "swarmnode", "serve", "--config", str(self.config)]),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        wait_for(self._up, 60, f"node {self.node_id} to serve its API")
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        wait_for(self._up, timeout, f"node {self.node_id} to serve its API")
 
     def _up(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"node {self.node_id} exited: {self.log_tail()}")
+        if self.netns:
+            return self.http("GET", "/api/v1/status")[0] == 200
         try:
             urllib.request.urlopen(self.url + "/api/v1/status", timeout=2).read()
             return True
@@ -154,8 +166,8 @@ max_parallel_jobs = 2
         env.pop("SWARMNODE_SECRET", None)
         if secret:
             env["SWARMNODE_SECRET"] = self.secret
-        return subprocess.run([sys.executable, "-m", "swarmnode", *args], env=env, text=True,
-                              capture_output=True, timeout=timeout)
+        return subprocess.run(self._argv([sys.executable, "-m", "swarmnode", *args]), env=env,
+                              text=True, capture_output=True, timeout=timeout)
 
     def cli_json(self, *args: str) -> Any:
         proc = self.cli(*args, "--json")
@@ -169,6 +181,15 @@ max_parallel_jobs = 2
 
     def http(self, method: str, path: str, body: bytes | None = None,
              secret: str | None = None) -> tuple[int, bytes]:
+        if self.netns:  # the test runs outside the namespace: ask from inside it
+            done = subprocess.run(
+                self._argv([sys.executable, str(Path(__file__).parent / "http_call.py"),
+                            method, self.url + path, secret or ""]),
+                input=body or b"", capture_output=True, timeout=90)
+            status, _, reply = done.stdout.partition(b"\n")
+            if not status.strip().isdigit():
+                return 0, done.stderr
+            return int(status), reply
         req = urllib.request.Request(self.url + path, data=body, method=method)
         if secret:
             req.add_header("Authorization", f"Bearer {secret}")

@@ -55,8 +55,13 @@ def test_example_config_loads_with_relative_paths(monkeypatch: pytest.MonkeyPatc
      "distfiles"),
     (f"[node]\nraft = 'no-port'\n[cluster]\nsecret = '{SECRET}'\n" + profile_table(),
      "node.raft must be HOST:PORT"),
-    (f"[node]\nlisten = '0.0.0.0:7700'\n[cluster]\nsecret = '{SECRET}'\n" + profile_table(),
+    (f"[node]\nlisten = '0.0.0.0:7700'\n[cluster]\nsecret = '{SECRET}'\n"
+     "[discovery]\ninterfaces = ['no-such-if0']\n" + profile_table(),
      "node.raft must be set"),
+    (f"[cluster]\nsecret = '{SECRET}'\nmax_voters = 0\n" + profile_table(),
+     "cluster.max_voters must be at least 1"),
+    (f"[cluster]\nsecret = '{SECRET}'\n[discovery]\ninterfaces = 'eth0'\n" + profile_table(),
+     "discovery.interfaces must be a list"),
     (f"[cluster]\nsecret = '{SECRET}'\npeers = ['10.0.0.1']\n" + profile_table(),
      "cluster.peers[0] must be HOST:PORT"),
     (f"[cluster]\nsecret = '{SECRET}'\npeers = [7701]\n" + profile_table(),
@@ -100,3 +105,23 @@ def test_peers_drop_this_nodes_own_address_and_duplicates(tmp_path: Path) -> Non
     assert cfg.node.raft_address == "127.0.0.1:7701"  # default: listen port + 1
     assert cfg.cluster.peers == ("10.0.0.2:7701", "10.0.0.3:7701")
     assert cfg.cluster.replicas == 2
+
+
+def test_a_wildcard_listener_offers_its_lan_address_to_peers(tmp_path: Path) -> None:
+    """node.listen = 0.0.0.0 is what a LAN machine uses; its Raft address and URL default to
+    its first non-loopback IPv4 address (no peer could use 127.0.0.1)."""
+    import psutil
+    import socket
+
+    ips = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+           if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    if not ips:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    cfg_path = tmp_path / "swarmnode.toml"
+    cfg_path.write_text(f"[node]\nlisten = '0.0.0.0:7700'\n[cluster]\nsecret = '{SECRET}'\n"
+                        + profile_table())
+    cfg = load_config(cfg_path)
+    host = cfg.node.raft_address.rpartition(":")[0]
+    assert host in ips and cfg.node.raft_address.endswith(":7701")
+    assert cfg.node.advertise_url == f"http://{host}:7700"
+    assert cfg.discovery.mdns and cfg.discovery.bootstrap_wait_s == 5.0

@@ -190,3 +190,47 @@ def test_a_peer_that_is_this_node_under_another_name_is_dropped() -> None:
     peers = ("localhost:7701", "127.0.0.1:7702", "192.0.2.10:7701")
     # "localhost:7701" is this node spelled differently: as a voter it would never answer.
     assert without_self("127.0.0.1:7701", peers) == ("127.0.0.1:7702", "192.0.2.10:7701")
+
+
+async def test_a_non_voter_follows_submits_and_is_promoted_without_losing_state(
+        make: Any, tmp_path: Path) -> None:
+    """Workers beyond the voter set replicate everything but do not vote; promoting one is
+    adding its address as a voter and restarting its replica from the same data dir."""
+    c = make(3)
+    for i in range(3):
+        c.start(i)
+    await c.until(lambda: any(x.is_leader for x in c.live()), 10, "a leader")
+    addr = f"127.0.0.1:{free_port()}"
+    data = tmp_path / "worker"
+
+    def worker(voter: bool) -> RaftLog:
+        log = RaftLog(RaftSettings(addr, tuple(c.addrs), data, PASSWORD, voter=voter))
+        log.start()
+        return log
+
+    w = worker(voter=False)
+    try:
+        assert not w.is_voter and addr not in w.members()
+        await w.submit(register("w"))  # forwarded to the leader like a follower's
+        await c.until(lambda: all(x.state.node("w") for x in c.live() + [w]), 10,
+                      "the worker's command to reach every replica")
+        assert all(addr not in x.members() for x in c.live())  # it is no voter
+        # It does not count towards a quorum: with two voters gone, nothing commits.
+        c.stop(1)
+        c.stop(2)
+        with pytest.raises(NoQuorum, match="non-voting node reaches 1 of 3 voters"):
+            await w.submit(register("x"), timeout=2)
+        c.start(1)
+        c.start(2)
+        await c.until(lambda: any(x.is_leader for x in c.live()), 10, "a leader again")
+        await c.live()[0].change_membership("add", addr)
+        await c.until(lambda: addr in w.members(), 10, "the worker to see itself promoted")
+        w.close()
+        w = worker(voter=True)  # same journal and dump: it resumes where it was
+        assert w.state.node("w") is not None
+        await c.until(lambda: w.members().get(c.addrs[0]) and c.converged(), 10,
+                      "the new voter to connect and converge")
+        c.stop(1)  # 4 voters, 3 live: still a quorum only because the promoted node votes
+        assert (await c.live()[0].submit(register("y"), timeout=10))["ok"]
+    finally:
+        w.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from swarmnode.api import join
 from swarmnode.errors import UserError
 from swarmnode.node import operations as ops
 from swarmnode.node.runtime import Node
@@ -52,8 +53,21 @@ PEER_ONLY = ("/api/v1/objects/",)
 
 
 @web.middleware
+async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Until the node is in its swarm and caught up, only the join handshake and the ping
+    answer; everything else says what the node is doing (never stale or empty state)."""
+    node = request.app[NODE]
+    if not node.ready.is_set() and request.path not in join.OPEN_ROUTES:
+        raise UserError(f"node {node.node_id} is not serving yet: {node.joining_status()}", 503)
+    return await handler(request)
+
+
+@web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Mutating calls and peer traffic need `Authorization: Bearer <cluster secret>`."""
+    """Mutating calls and peer traffic need `Authorization: Bearer <cluster secret>` (the join
+    handshake proves the secret with an HMAC instead)."""
+    if request.path in join.OPEN_ROUTES:
+        return await handler(request)
     if request.method not in ("GET", "HEAD", "OPTIONS") or request.path.startswith(PEER_ONLY):
         secret = request.app[NODE].config.cluster.secret
         given = request.headers.get("Authorization", "")
@@ -175,10 +189,24 @@ async def get_nodes(request: web.Request) -> web.Response:
 
 async def post_nodes(request: web.Request) -> web.Response:
     body = await _body(request)
-    action, address = _opt_str(body, "action"), _opt_str(body, "address")
-    if action is None or address is None:
-        raise UserError("give 'action' (add or remove) and 'address' (the node's Raft HOST:PORT)")
-    return web.json_response(await ops.change_membership(request.app[NODE], action, address))
+    action, target = _opt_str(body, "action"), _opt_str(body, "address")
+    if action is None or target is None:
+        raise UserError("give 'action' (add, remove, promote or demote) and 'address' (a node "
+                        "id, or a voter's Raft HOST:PORT)")
+    return web.json_response(await ops.change_membership(request.app[NODE], action, target))
+
+
+async def get_ping(request: web.Request) -> web.Response:
+    return await join.get_ping(request, request.app[NODE])
+
+
+async def post_join_challenge(request: web.Request) -> web.Response:
+    await _body(request)
+    return await join.post_challenge(request, request.app[NODE])
+
+
+async def post_join(request: web.Request) -> web.Response:
+    return await join.post_join(request, request.app[NODE], await _body(request))
 
 
 async def get_key(request: web.Request) -> web.Response:
@@ -195,7 +223,7 @@ async def get_binhost(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors, gate, auth], client_max_size=MAX_BODY)
     app[NODE] = node
     app.router.add_get("/api/v1/status", get_status)
     app.router.add_post("/api/v1/cycles", post_cycle)
@@ -211,5 +239,8 @@ def create_app(node: Node) -> web.Application:
     app.router.add_post("/api/v1/sync", post_sync)
     app.router.add_get("/api/v1/nodes", get_nodes)
     app.router.add_post("/api/v1/nodes", post_nodes)
+    app.router.add_get("/api/v1/ping", get_ping)
+    app.router.add_post("/api/v1/join/challenge", post_join_challenge)
+    app.router.add_post("/api/v1/join", post_join)
     app.router.add_get("/binhost/{profile}/{path:.*}", get_binhost)
     return app

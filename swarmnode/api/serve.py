@@ -21,20 +21,28 @@ async def _serve(config: Config) -> None:
     app = create_app(node)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await node.start()  # the API answers only once the node is ready
     site = web.TCPSite(runner, config.node.listen_host, config.node.listen_port)
-    await site.start()
-    log.info("node %s serving on http://%s:%d (cluster %s, profiles %s)", config.node.node_id,
-             config.node.listen_host, config.node.listen_port, config.cluster.name,
-             ", ".join(config.profiles))
+    await site.start()  # answers the join handshake at once, everything else once ready
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    await node.stop()
-    await runner.cleanup()
+    starting = asyncio.create_task(node.start())
+    try:
+        await asyncio.wait([starting, asyncio.create_task(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a start-up error (e.g. the Raft port is taken) ends serve
+            log.info("node %s serving on http://%s:%d (cluster %s, %s, profiles %s)",
+                     config.node.node_id, config.node.listen_host, config.node.listen_port,
+                     config.cluster.name, "voter" if node.log.is_voter else "non-voting worker",
+                     ", ".join(config.profiles))
+            await stop.wait()
+        log.info("stopping")
+    finally:
+        starting.cancel()
+        await node.stop()
+        await runner.cleanup()
 
 
 def serve(config: Config) -> None:

@@ -230,25 +230,32 @@ def sync(ctx: typer.Context,
         raise typer.Exit(1)
 
 
-nodes_app = typer.Typer(help="The swarm's nodes: list them, add or remove Raft voters.",
+nodes_app = typer.Typer(help="The swarm's nodes: list them; add, remove, promote or demote "
+                             "Raft voters.",
                         invoke_without_command=True)
 app.add_typer(nodes_app, name="nodes")
 
 
 @nodes_app.callback()
 def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List every node: role, addresses, cores, leases, tree versions, health."""
+    """List every node: role (leader, voter, non-voter), address, site, cores, slots, leases,
+    health, tree version and how it was discovered; then machines seen nearby that are not in
+    the swarm (another cluster, a wrong secret)."""
     if ctx.invoked_subcommand is None:
         _emit(_ctx(ctx).client.get("/api/v1/nodes"), as_json, render.nodes)
 
 
 def _change_voters(ctx: typer.Context, action: str, address: str, as_json: bool) -> None:
     result = _ctx(ctx).client.post("/api/v1/nodes", {"action": action, "address": address})
+    done = {"add": "added", "remove": "removed", "promote": "promoted", "demote": "demoted"}
     _emit(result, as_json, lambda r: render.console.print(
-        f"[green]{action.rstrip('e')}ed[/] {address}; voters: {', '.join(r['members'])}"))
+        f"[green]{done[action]}[/] {r.get('node_id') or address}; voters now: "
+        f"{', '.join(r['members'])}" + ("" if action == "add" else
+                                        " (the leader applies the change in a moment)")))
 
 
 AddressArg = Annotated[str, typer.Argument(help="The node's Raft HOST:PORT (its node.raft).")]
+NodeArg = Annotated[str, typer.Argument(help="A node id (or a voter's Raft HOST:PORT).")]
 
 
 @nodes_app.command("add")
@@ -258,9 +265,22 @@ def nodes_add(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = False)
 
 
 @nodes_app.command("remove")
-def nodes_remove(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = False) -> None:
-    """Remove a voter (a machine retired for good); its artifacts are re-replicated."""
-    _change_voters(ctx, "remove", address, as_json)
+def nodes_remove(ctx: typer.Context, node: NodeArg, as_json: JsonOpt = False) -> None:
+    """Remove a node (a machine retired for good); its artifacts are re-replicated. To bring
+    it back, wipe its data dir's state/ and start it: it joins again."""
+    _change_voters(ctx, "remove", node, as_json)
+
+
+@nodes_app.command("promote")
+def nodes_promote(ctx: typer.Context, node: NodeArg, as_json: JsonOpt = False) -> None:
+    """Make a non-voting worker a voter (up to cluster.max_voters)."""
+    _change_voters(ctx, "promote", node, as_json)
+
+
+@nodes_app.command("demote")
+def nodes_demote(ctx: typer.Context, node: NodeArg, as_json: JsonOpt = False) -> None:
+    """Make a voter a non-voting worker; an up worker then takes its seat."""
+    _change_voters(ctx, "demote", node, as_json)
 
 
 def main() -> None:

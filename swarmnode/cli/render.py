@@ -142,7 +142,8 @@ def releases(data: dict[str, Any]) -> None:
 
 
 def nodes(data: dict[str, Any]) -> None:
-    table = Table("node", "role", "raft", "cores", "leases", "health", "tree", box=None)
+    table = Table("node", "role", "address", "site", "cores", "slots", "leases", "health",
+                  "tree", "discovered", box=None)
     for n in data["nodes"]:
         health = ("[red]down[/]" if not n.get("up") else
                   f"[yellow]{n['breaker']}[/]" if n.get("breaker") not in (None, "ok") else
@@ -152,12 +153,29 @@ def nodes(data: dict[str, Any]) -> None:
             tree = next(iter(versions.values()))[:12]
         else:
             tree = " ".join(f"{p}:{v[:8]}" for p, v in sorted(versions.items()))
-        table.add_row(n.get("node_id") or "?", n["role"], n["raft"], str(n.get("cores", "")),
-                      str(len(n.get("leases", []))), health, tree)
+        role = n["role"]
+        if role == "leader":
+            role = "[bold]leader[/]"
+        table.add_row(n.get("node_id") or "?", role, n["raft"], n.get("site") or "-",
+                      str(n.get("cores", "")), str(n.get("slots") or ""),
+                      str(len(n.get("leases", []))), health, tree, n.get("discovery", ""))
     console.print(table)
+    voters = data.get("voters")
+    if voters:
+        console.print(f"{voters['count']} voters (a majority is {voters['majority']}; "
+                      f"cluster.max_voters is {voters['wanted']}); the other nodes build "
+                      "without voting")
     if data.get("under_replicated"):
         console.print(f"{data['under_replicated']} artifacts below {data['replica_target']} "
                       "copies (replicating)")
+    nearby = data.get("nearby") or []
+    if nearby:
+        console.print("seen nearby, not in this swarm:")
+        near = Table("node", "cluster", "url", "status", "seen", box=None)
+        for m in nearby:
+            near.add_row(m["node_id"], m["cluster"], m["url"], m["status"],
+                         f"{m['seen_s_ago']:.0f}s ago" + (" (said goodbye)" if m["gone"] else ""))
+        console.print(near)
 
 
 def synced(data: dict[str, Any]) -> None:

@@ -24,6 +24,13 @@
    has a file descriptor. :class:`EpollPoller` does, so the node runs Raft ticks on its event
    loop exactly when a socket is ready (no extra thread touching the state machine, and no
    polling latency on commits).
+5. **Membership is forgotten on restart.** With dynamic membership, pysyncobj applies a
+   membership change when the entry is appended, but when it restarts it only restores the
+   membership stored in its dump (and the constructor's list): changes in the journal after the
+   dump are lost, so a restarted node talks to the wrong voter set (it ignores a node added by
+   discovery, or counts one that was removed). :class:`RaftFixes` replays the journal's membership
+   entries after the dump (or from the start when there is no dump), the way they were applied
+   when first appended.
 """
 
 from __future__ import annotations
@@ -42,14 +49,31 @@ from pysyncobj.poller import POLL_EVENT_TYPE, Poller
 
 
 class RaftFixes:
-    """Mixin for a SyncObj subclass: fixes 1 and 2 (commit index during a snapshot install,
-    next index on late acknowledgements)."""
+    """Mixin for a SyncObj subclass: fixes 1, 2 and 5 (commit index during a snapshot install,
+    next index on late acknowledgements, membership after a restart)."""
 
     _snapshot_installed = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        dump = self._SyncObj__conf.fullDumpFile  # type: ignore[attr-defined]
+        if dump is None or not os.path.isfile(dump):  # else: replayed once the dump is loaded
+            self._replay_membership(after=0)
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802 (pysyncobj's name)
         super()._SyncObj__loadDumpFile(clearJournal)  # type: ignore[misc]
         self._snapshot_installed = True
+        self._replay_membership(after=self.raftLastApplied)  # type: ignore[attr-defined]  # fix 5
+
+    def _replay_membership(self, after: int) -> None:
+        """Fix 5: re-apply the journal's membership changes past index `after`, in order."""
+        if not self._SyncObj__conf.dynamicMembershipChange:  # type: ignore[attr-defined]
+            return
+        for command, idx, _term in self._SyncObj__raftLog[:]:  # type: ignore[attr-defined]
+            if idx > after:
+                request = self._SyncObj__parseChangeClusterRequest(command)  # type: ignore[attr-defined]
+                if request is not None:
+                    self._SyncObj__doChangeCluster(request)  # type: ignore[attr-defined]
 
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
         if (message.get("type") == "next_node_idx" and message.get("success")

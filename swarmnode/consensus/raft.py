@@ -64,6 +64,10 @@ class RaftSettings:
     partners: tuple[str, ...]
     data_dir: Path
     password: str
+    # False: a worker that does not vote (pysyncobj's read-only node). It receives every entry
+    # from the leader and forwards commands like a follower, but it neither listens for Raft
+    # nor counts towards a quorum, so a swarm of 50 still elects among a handful of voters.
+    voter: bool = True
     election_min_s: float = 0.4
     election_max_s: float = 1.0
     append_period_s: float = 0.1
@@ -80,7 +84,8 @@ class _SwarmSyncObj(pysyncobj_fixes.RaftFixes, SyncObj):
 
     def __init__(self, owner: RaftLog, settings: RaftSettings, conf: SyncObjConf) -> None:
         self._owner = owner
-        super().__init__(settings.self_address, list(settings.partners), conf)
+        super().__init__(settings.self_address if settings.voter else None,
+                         list(settings.partners), conf)
 
     @replicated
     def apply_packed(self, blob: bytes) -> dict[str, Any]:
@@ -172,7 +177,7 @@ class RaftLog:
         last, prev, cluster = raft_data
         blob = msgpack.packb({
             "format": DUMP_FORMAT, "state": self.state.to_bytes(),
-            "last": list(last), "prev": list(prev), "cluster": sorted(n.id for n in cluster),
+            "last": list(last), "prev": list(prev), "cluster": sorted(n.id for n in cluster if n is not None),  # None: a non-voter
         }, use_bin_type=True)
         with open(path, "wb") as fh:
             fh.write(blob)
@@ -242,10 +247,15 @@ class RaftLog:
         raise NoQuorum(f"the cluster did not commit {cmd.get('op')} within {timeout:.0f}s "
                        f"(last error: {last}); {self.quorum_hint()}")
 
+    @property
+    def is_voter(self) -> bool:
+        return self.settings.voter
+
     def quorum_hint(self) -> str:
         members = self.members()
         total, connected = len(members), sum(members.values())
-        return (f"this node reaches {connected} of {total} voters (a majority is "
+        who = "this node" if self.is_voter else "this non-voting node"
+        return (f"{who} reaches {connected} of {total} voters (a majority is "
                 f"{total // 2 + 1}); leader: {self.leader_address or 'none'}")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -278,9 +288,9 @@ class RaftLog:
                 "as_of": time.time()}
 
     def members(self) -> dict[str, bool]:
-        """Raft address → connected, for every voter (this node included, always connected)."""
+        """Raft address → connected, for every voter (this node, if it votes, is connected)."""
         status = self._obj.getStatus()
-        found = {self.settings.self_address: True}
+        found = {self.settings.self_address: True} if self.is_voter else {}
         prefix = "partner_node_status_server_"
         for key, value in status.items():
             if key.startswith(prefix):

@@ -22,7 +22,8 @@ from swarmnode.node import decisions
 from swarmnode.node.commands import command
 from swarmnode.node.runtime import Node
 from swarmnode.portage import atoms, index, planner
-from swarmnode.state.records import BLOCKED, FAILED, UNFINISHED, Artifact
+from swarmnode.state.records import (BLOCKED, FAILED, NONVOTER, REMOVED, UNFINISHED, VOTER,
+                                     Artifact)
 from swarmnode.state.risk import SAFE_BELOW, risk_score
 
 
@@ -241,7 +242,9 @@ async def request_sync(node: Node) -> dict[str, Any]:
 
 
 def nodes(node: Node) -> dict[str, Any]:
-    """Every node: role, addresses, cores, leases, tree versions, health."""
+    """Every node: role (leader, voter, non-voter), addresses, site, cores, slots, leases,
+    tree versions, health and how it was discovered; then machines seen nearby that are not
+    in the swarm (another cluster, a refused secret, still joining)."""
     state = node.log.state
     members = node.log.members()
     leader = node.log.leader_address
@@ -250,8 +253,15 @@ def nodes(node: Node) -> dict[str, Any]:
     known = set()
     for entry in summary["nodes"]:
         known.add(entry["raft"])
-        role = ("leader" if entry["raft"] == leader else
-                "voter" if entry["raft"] in members else "removed")
+        if entry["role"] == REMOVED:
+            role = "removed"
+        elif entry["raft"] == leader:
+            role = "leader"
+        elif entry["raft"] in members:
+            role = "voter" if entry["role"] != NONVOTER else "voter (being demoted)"
+        else:
+            role = {VOTER: "voter (being added)", NONVOTER: "non-voter"}.get(entry["role"],
+                                                                            "removed")
         out.append({**entry, "role": role,
                     "connected": members.get(entry["raft"]) if entry["node_id"] != node.node_id
                     else True,
@@ -262,23 +272,52 @@ def nodes(node: Node) -> dict[str, Any]:
                         "connected": connected, "up": connected})
     return {"nodes": out, "leader": node.log.leader_id, "sync": summary["sync"],
             "replica_target": summary["replica_target"],
-            "under_replicated": summary["under_replicated"]}
+            "under_replicated": summary["under_replicated"],
+            "voters": {"wanted": state.config["max_voters"], "count": len(members),
+                       "majority": len(members) // 2 + 1},
+            "nearby": node.lan.view({n.node_id for n in state.nodes() if n.role != REMOVED})}
 
 
-async def change_membership(node: Node, action: str, address: str) -> dict[str, Any]:
-    """`swarmnode nodes add|remove HOST:PORT`: change the Raft voter set through the log."""
-    if action not in ("add", "remove"):
-        raise UserError(f"action must be 'add' or 'remove', got {action!r}")
-    address = check_raft_address(address, "address")
+async def change_membership(node: Node, action: str, target: str) -> dict[str, Any]:
+    """`swarmnode nodes add|remove|promote|demote`: change who votes, through the log.
+
+    ``add`` takes a Raft HOST:PORT (a statically configured node, started with the others in
+    its cluster.peers). The others take a node id (or a voter's address): ``remove`` retires a
+    machine for good, ``promote``/``demote`` move a node between voter and worker; the leader
+    then changes pysyncobj's voter set to match.
+    """
+    if action not in ("add", "remove", "promote", "demote"):
+        raise UserError(f"action must be add, remove, promote or demote, got {action!r}")
     members = node.log.members()
-    if action == "add" and address in members:
-        raise UserError(f"{address} is already a voter", 409)
-    if action == "remove" and address not in members:
-        raise UserError(f"{address} is not a voter; `swarmnode nodes` lists them", 404)
-    if action == "remove" and address == node.config.node.raft_address:
+    if action == "add":
+        address = check_raft_address(target, "address")
+        if address in members:
+            raise UserError(f"{address} is already a voter", 409)
+        await node.log.change_membership("add", address)
+        return {"action": action, "address": address, "members": sorted(node.log.members())}
+    found = node.log.state.node(target) or next(
+        (n for n in node.log.state.nodes() if n.raft and n.raft == target), None)
+    if found is None:
+        if action == "remove" and target in members:  # a voter that never registered
+            if target == node.config.node.raft_address:
+                raise UserError("a node cannot remove itself; ask another node", 409)
+            await node.log.change_membership("remove", target)
+            return {"action": action, "address": target, "members": sorted(node.log.members())}
+        raise UserError(f"no node {target!r}: give a node id or a voter's Raft address "
+                        "(`swarmnode nodes` lists them)", 404)
+    if found.node_id == node.node_id and action == "remove":
         raise UserError("a node cannot remove itself; ask another node", 409)
-    await node.log.change_membership(action, address)
-    return {"action": action, "address": address, "members": sorted(node.log.members())}
+    if action in ("remove", "demote") and found.raft and found.raft == node.log.leader_address:
+        raise UserError(f"{found.node_id} is the leader: stop it (a new leader is elected) or "
+                        f"ask again once another node leads", 409)
+    role = {"remove": REMOVED, "promote": VOTER, "demote": NONVOTER}[action]
+    result = _ok(await node.submit(command("set_role", node_id=found.node_id, role=role,
+                                           reason=f"{action}d by an operator")))
+    if not result["changed"]:
+        raise UserError(f"{found.node_id} is already {'a ' if role != REMOVED else ''}"
+                        f"{'non-voter' if role == NONVOTER else role}", 409)
+    return {"action": action, "address": found.raft, "node_id": found.node_id,
+            "members": sorted(node.log.members())}
 
 
 def status(node: Node) -> dict[str, Any]:

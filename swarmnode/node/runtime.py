@@ -1,8 +1,15 @@
 """One node's runtime: its disk layout, its Raft replica and the loops that run on it.
 
-Loops (each a thin I/O shell around `decisions`):
+Before the loops start, the node finds its swarm (`_find_swarm`): its saved membership after a
+restart, the static peer list, or discovery (mDNS / Tailscale candidates and the join
+handshake, see swarmnode/discovery/), and opens its Raft replica as a voter or as a non-voting
+worker.
+
+Loops (each a thin I/O shell around `decisions` and `membership`):
   worker       claims and builds while cores are free (worker.py)
-  maintenance  on the leader only: node up/down from Raft connectivity, lease expiry
+  maintenance  on the leader only: node up/down from Raft connectivity (voters) and API probes
+               (workers), lease expiry, the voter policy and pysyncobj's voter set
+  roles        switches this node's replica between voter and worker when its role changes
   replicator   copies under-replicated artifacts this node is chosen for
   publisher    makes the binhost serve the production release, fetching what it lacks
   syncer       runs `swarmnode sync` requests: a real repository sync, then reports the tree
@@ -11,7 +18,9 @@ Loops (each a thin I/O shell around `decisions`):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -19,18 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 from pysyncobj.encryptor import getEncryptor
 
 from swarmnode.binhost import Binhost, PackageRef, Publication
 from swarmnode.config import Config
 from swarmnode.consensus.raft import NoQuorum, RaftLog, RaftSettings
-from swarmnode.node import decisions
+from swarmnode.discovery.handshake import Challenges, Identity
+from swarmnode.discovery.joiner import Joiner
+from swarmnode.discovery.lan import Lan
+from swarmnode.node import decisions, membership
 from swarmnode.node.commands import command
 from swarmnode.node.peers import PeerFetcher
 from swarmnode.node.worker import Worker
 from swarmnode.portage import signing
 from swarmnode.portage import sync as portage_sync
+from swarmnode.state.records import NONVOTER, VOTER
 from swarmnode.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +52,7 @@ log = logging.getLogger(__name__)
 GC_INTERVAL_S = 600.0  # how often the store is swept for unreferenced objects
 GC_MIN_AGE_S = 3600.0  # younger objects are kept: their `complete` may still be in flight
 STARTUP_CATCH_UP_S = 10.0  # the API waits this long for the replica to catch up at start
+PROBE_TIMEOUT_S = 1.0  # the leader's liveness probe of a worker's API
 
 
 def _endpoints(address: str) -> set[tuple[str, int]]:
@@ -101,6 +116,11 @@ class NodePaths:
     def work(self) -> Path:
         return self.root / "work"
 
+    @property
+    def membership(self) -> Path:
+        """This node's role and the voters it last knew: how it reopens Raft after a restart."""
+        return self.state / "membership.json"
+
 
 class Node:
     """Owns the state log, the store and the binhost, and runs the node's loops."""
@@ -110,12 +130,13 @@ class Node:
         self.paths = NodePaths(config.node.data_dir)
         for p in (self.paths.state, self.paths.builds, self.paths.work):
             p.mkdir(parents=True, exist_ok=True)
-        self.log = RaftLog(RaftSettings(
-            self_address=config.node.raft_address,
-            partners=without_self(config.node.raft_address, config.cluster.peers),
-            data_dir=self.paths.state,
-            # The cluster name salts the key: two clusters sharing a secret still stay apart.
-            password=f"{config.cluster.name}\0{config.cluster.secret}"))
+        self.log: RaftLog  # opened by start(), once the node knows its swarm
+        self.ready = asyncio.Event()  # set when the replica is open and caught up
+        self.lan = Lan(config)
+        self.challenges = Challenges()
+        self.joiner: Joiner | None = None
+        self.discovered_via = "static"
+        self.probes: dict[str, bool] = {}  # the leader's last API probe of each worker
         self.store = ArtifactStore(self.paths.store)
         self.fetcher = PeerFetcher(self.store, config.cluster.secret)
         self.registered = asyncio.Event()
@@ -155,9 +176,73 @@ class Node:
     async def submit_all(self, commands: list[decisions.Command]) -> list[dict[str, Any]]:
         return [await self.submit(command(op, **fields)) for op, fields in commands]
 
+    # -- finding the swarm ---------------------------------------------------------------------
+    def _raft_settings(self, voter: bool, voters: set[str] | list[str]) -> RaftSettings:
+        me = self.config.node.raft_address
+        return RaftSettings(
+            self_address=me,
+            partners=without_self(me, tuple(sorted(set(voters) - {me}))),
+            data_dir=self.paths.state,
+            # The cluster name salts the key: two clusters sharing a secret still stay apart.
+            password=f"{self.config.cluster.name}\0{self.config.cluster.secret}",
+            voter=voter)
+
+    def _save_membership(self) -> None:
+        record = {"role": VOTER if self.log.is_voter else NONVOTER,
+                  "voters": sorted(self.log.members()), "discovery": self.discovered_via}
+        tmp = self.paths.membership.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, self.paths.membership)
+
+    def _load_membership(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.paths.membership.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("role") not in (VOTER, NONVOTER):
+            return None
+        return record
+
+    async def _find_swarm(self) -> RaftSettings:
+        """How to open Raft: as before a restart, from the static peer list, or by joining
+        (or, for the first node, starting) the swarm found on the LAN / over Tailscale."""
+        cfg = self.config
+        saved = self._load_membership()
+        if saved is not None:
+            self.discovered_via = str(saved.get("discovery", "static"))
+            voters = {str(v) for v in saved.get("voters", [])} | set(cfg.cluster.peers)
+            return self._raft_settings(saved["role"] == VOTER, voters)
+        had_raft = (self.paths.state / "raft.journal").exists()  # a data dir from before roles
+        if had_raft or cfg.cluster.peers or not self.lan.enabled:
+            return self._raft_settings(True, set(cfg.cluster.peers))
+        self.joiner = Joiner(Identity(cfg.node.node_id, cfg.node.raft_address,
+                                      cfg.node.advertise_url, cfg.node.cores),
+                             cfg.cluster.secret, cfg.cluster.name, cfg.discovery.bootstrap_wait_s)
+        log.info("no peer list and no Raft state: looking for swarm %r (mDNS%s)",
+                 cfg.cluster.name, ", Tailscale" if cfg.discovery.tailscale else "")
+        outcome = await self.joiner.find_swarm(self.lan.candidates, self.lan.changed)
+        if outcome is None:
+            log.warning("no swarm %r found: starting it (other nodes join this one)",
+                        cfg.cluster.name)
+            self.discovered_via = "mdns" if self.lan.use_mdns else "tailscale"
+            return self._raft_settings(True, set())
+        self.discovered_via = "tailscale" if outcome.url in self.lan.tailscale_urls else "mdns"
+        log.info("admitted to swarm %r by %s as %s; voters: %s", cfg.cluster.name,
+                 outcome.peer_id, outcome.role, ", ".join(outcome.voters))
+        return self._raft_settings(outcome.role == VOTER, set(outcome.voters))
+
+    def joining_status(self) -> str:
+        if self.joiner is not None:
+            return self.joiner.state
+        return "opening the Raft replica and catching up"
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.lan.start(member=self._load_membership() is not None,
+                             key=self.key.fingerprint)
+        self.log = RaftLog(await self._find_swarm())
         self.log.start()  # replays the dump and journal, then joins the cluster
+        self._save_membership()
         if not await self.log.wait_ready(STARTUP_CATCH_UP_S):
             log.warning("no Raft quorum yet (%s): serving possibly stale state until one forms",
                         self.log.quorum_hint())
@@ -174,7 +259,10 @@ class Node:
             asyncio.create_task(self._publisher(), name="publisher"),
             asyncio.create_task(self._replicator(), name="replicator"),
             asyncio.create_task(self._syncer(), name="syncer"),
+            asyncio.create_task(self._roles(), name="roles"),
+            asyncio.create_task(self._prober(), name="prober"),
         ]
+        self.ready.set()
 
     async def _adopt_swarm_key(self) -> None:
         """Agree on one signing key: offer ours; if another node's offer won, import that one.
@@ -205,17 +293,21 @@ class Node:
             command("configure", breaker_threshold=cfg.cluster.breaker_threshold,
                     breaker_cooldown_s=cfg.cluster.breaker_cooldown_s,
                     fail_nodes=cfg.cluster.fail_nodes, keep_releases=cfg.keep_releases,
-                    replicas=cfg.cluster.replicas),
+                    replicas=cfg.cluster.replicas, max_voters=cfg.cluster.max_voters,
+                    voter_grace_s=cfg.cluster.voter_grace_s),
             command("register_node", node_id=cfg.node.node_id, url=cfg.node.advertise_url,
                     raft=cfg.node.raft_address, cores=cfg.node.cores,
                     profiles=sorted(cfg.profiles), sweeper=cfg.node.sweeper,
-                    tree_versions=versions),
+                    tree_versions=versions, voter=self.log.is_voter,
+                    discovery=self.discovered_via, slots=cfg.build.max_parallel_jobs,
+                    site=cfg.node.site),
             command("tree_report", node_id=cfg.node.node_id, tree_versions=versions),
         ]
         await self._adopt_swarm_key()
         for cmd in commands:
             await self.submit_until_committed(cmd, "joining the swarm")
         self.registered.set()
+        await self.lan.set_member(self.key.fingerprint)
         log.info("node %s registered (Raft %s, tree %s)", cfg.node.node_id,
                  cfg.node.raft_address, versions)
 
@@ -227,15 +319,87 @@ class Node:
         await asyncio.gather(*self._tasks, *(b.task for b in self.worker.running.values()),
                              return_exceptions=True)
         await self.fetcher.close()
-        self.log.close()
+        await self.lan.close()
+        if hasattr(self, "log"):
+            self.log.close()
         signing.stop_gpg_agent(self.paths.gpg)  # portage's signing started one for our key
 
     # -- the leader's maintenance: liveness, lease expiry, breaker cool-down -----------------
     def reachable_nodes(self) -> dict[str, bool]:
-        """Registered node id → this node has a Raft connection to it (itself: True)."""
+        """Registered node id → reachable: voters by their Raft connection to this node,
+        workers (which hold no connection the leader can name) by the last API probe."""
         members = self.log.members()
-        return {n.node_id: (n.node_id == self.node_id or members.get(n.raft, False))
-                for n in self.log.state.nodes() if n.raft}
+        return {n.node_id: (n.node_id == self.node_id or members.get(n.raft, False)
+                            or (n.raft not in members and self.probes.get(n.node_id, False)))
+                for n in self.log.state.nodes() if n.raft and n.role != "removed"}
+
+    async def _prober(self) -> None:
+        """On the leader: probe every worker's API twice a second (liveness of non-voters)."""
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def probe(node_id: str, url: str) -> None:
+                try:
+                    async with session.get(f"{url}/api/v1/ping") as resp:
+                        body = await resp.json(content_type=None)
+                        self.probes[node_id] = (resp.status == 200
+                                                and body.get("node_id") == node_id)
+                except Exception:
+                    self.probes[node_id] = False
+
+            while True:
+                await asyncio.sleep(0.5)
+                if not self.log.is_leader:
+                    continue
+                members = self.log.members()
+                targets = [(n.node_id, n.url) for n in self.log.state.nodes()
+                           if n.url and n.raft not in members and n.node_id != self.node_id]
+                await asyncio.gather(*(probe(i, u) for i, u in targets))
+
+    async def _membership(self) -> None:
+        """The leader's voter policy, then one pysyncobj membership change towards it."""
+        state = self.log.state
+        for op, fields in membership.role_commands(state, time.time(), self.node_id):
+            result = await self.submit(command(op, **fields), timeout=5.0)
+            if result.get("changed"):
+                log.warning("node %s is now a %s: %s", fields["node_id"], fields["role"],
+                            fields["reason"])
+        changes = membership.raft_changes(self.log.state, self.log.members(), time.time())
+        if changes:
+            action, address = changes[0]
+            await self.log.change_membership(action, address)
+            log.warning("Raft voters: %s %s", "added" if action == "add" else "removed", address)
+
+    async def _roles(self) -> None:
+        """Follow this node's role: reopen the replica as a voter once the leader added us to
+        the voter set, or as a worker once we were demoted (the leader then drops us)."""
+        await self.registered.wait()
+        me_raft = self.config.node.raft_address
+        while True:
+            await self.log.wait_changed(1.0)
+            me = self.log.state.node(self.node_id)
+            if me is None:
+                continue
+            members = self.log.members()
+            if self.log.is_voter and me.role == NONVOTER:
+                await self._reopen(voter=False, reason=me.role_reason)
+            elif not self.log.is_voter and me.role == VOTER and me_raft in members:
+                await self._reopen(voter=True, reason=me.role_reason)
+            elif (sorted(members), self.log.is_voter) != self._saved_view():
+                self._save_membership()
+
+    def _saved_view(self) -> tuple[list[str], bool]:
+        saved = self._load_membership() or {}
+        return sorted(saved.get("voters", [])), saved.get("role") == VOTER
+
+    async def _reopen(self, voter: bool, reason: str) -> None:
+        voters = set(self.log.members())
+        self.log.close()
+        self.log = RaftLog(self._raft_settings(voter, voters))
+        self.log.start()
+        self._save_membership()
+        log.warning("this node is now a %s (%s)", "voter" if voter else "non-voting worker",
+                    reason)
+        await self.log.wait_ready(STARTUP_CATCH_UP_S)
 
     async def _maintenance(self) -> None:
         was_leader = False
@@ -248,6 +412,10 @@ class Node:
                 self.liveness.reset()
                 was_leader = True
             verdict = self.liveness.observe(self.reachable_nodes(), time.monotonic())
+            try:
+                await self._membership()
+            except Exception as exc:  # no quorum, a change still in flight …: next round
+                log.info("membership: %s", exc)
             try:
                 for cmd in decisions.maintenance_commands(self.log.state, time.time(), verdict):
                     result = await self.submit(command(cmd[0], **cmd[1]), timeout=5.0)

@@ -26,8 +26,9 @@ from typing import Any
 
 import msgpack
 
-from .records import (BLOCKED, BUILT, FAILED, LEASED, PLANNED, READY, Artifact, Cycle, Job,
-                      Lease, Node, Production, Release)
+from .records import (BLOCKED, BUILT, DISCOVERY_SOURCES, FAILED, LEASED, NONVOTER, PLANNED,
+                      READY, REMOVED, ROLES, VOTER, Artifact, Cycle, Job, Lease, Node,
+                      Production, Release)
 from .fields import Bad, Fields, Result, error_result, short
 from .scheduling import allocate_cores, critical_paths, estimate, learn, package_key, topo_order
 
@@ -39,6 +40,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fail_nodes": 2,             # distinct nodes a job must fail on before it is `failed`
     "keep_releases": 5,          # releases (and cycles) kept per profile
     "replicas": 2,               # up nodes that must hold an artifact before it is published
+    "max_voters": 5,             # Raft voters; further nodes join as non-voting workers
+    "voter_grace_s": 3600.0,     # a voter down this long is replaced by an up worker
 }
 
 
@@ -326,6 +329,13 @@ class SwarmState:
         profiles = sorted(set(f.texts("profiles")))
         sweeper = f.flag("sweeper", default=False)
         tree_versions = f.text_map("tree_versions", default={})
+        voter = f.flag("voter", default=None)
+        slots = f.integer("slots", minimum=0, default=0)
+        site = f.text("site", default="", empty=True)
+        source = f.text("discovery", default="static")
+        if source not in DISCOVERY_SOURCES:
+            raise Bad(f"register_node: field 'discovery' must be one of "
+                      f"{', '.join(DISCOVERY_SOURCES)} (got {short(source)})")
         node = self._nodes.get(node_id)
         new = node is None
         if node is None:
@@ -334,7 +344,73 @@ class SwarmState:
         node.url, node.cores, node.profiles = url, cores, profiles
         node.sweeper, node.tree_versions, node.last_seen = sweeper, tree_versions, ts
         node.raft, node.up, node.down_since = raft, True, None
+        node.slots, node.site = slots, site
+        if not node.role and voter is not None:  # a statically configured node says what it is
+            self._set_role(node, VOTER if voter else NONVOTER, ts, "registered")
+            node.discovery = source
         return {"ok": True, "node": node.to_dict(), "new": new}, True
+
+    def voters(self) -> list[Node]:
+        return [n for n in self.nodes() if n.role == VOTER]
+
+    def _set_role(self, node: Node, role: str, ts: float, reason: str) -> None:
+        node.role, node.role_ts, node.role_reason = role, ts, reason
+
+    def _op_admit_node(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """Admit a node that proved it knows the cluster secret (discovery's join handshake).
+
+        The role is decided here, in log order, so concurrent joins through different nodes
+        never admit more than ``max_voters`` voters. A node admitted again (restarted with an
+        empty data dir, a new address) keeps its role unless it had been removed.
+        """
+        node_id = f.text("node_id")
+        raft = f.text("raft")
+        url = f.text("url")
+        cores = f.integer("cores", minimum=1)
+        source = f.text("discovery")
+        if source not in DISCOVERY_SOURCES:
+            raise Bad(f"admit_node: field 'discovery' must be one of "
+                      f"{', '.join(DISCOVERY_SOURCES)} (got {short(source)})")
+        clash = [n.node_id for n in self.nodes() if n.raft == raft and n.node_id != node_id
+                 and n.role != REMOVED]
+        if clash:
+            raise Bad(f"admit_node: Raft address {raft} already belongs to node {clash[0]}; "
+                      "give every node its own node.raft")
+        node = self._nodes.get(node_id)
+        if node is None:
+            node = self._nodes[node_id] = Node(node_id=node_id, url=url, cores=cores,
+                                              profiles=[], last_seen=ts)
+        changed = (node.url, node.raft, node.discovery) != (url, raft, source)
+        node.url, node.raft, node.discovery = url, raft, source
+        if node.role in ("", REMOVED):
+            full = len(self.voters()) >= self.config["max_voters"]
+            self._set_role(node, NONVOTER if full else VOTER, ts, f"admitted via {source}")
+            changed = True
+        return {"ok": True, "role": node.role, "node": node.to_dict(),
+                "voters": [n.raft for n in self.voters() if n.raft]}, changed
+
+    def _op_set_role(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """Promote, demote or remove a node (the leader's membership policy or an operator);
+        the leader then changes pysyncobj's voter set to match."""
+        node_id = f.text("node_id")
+        role = f.text("role")
+        reason = f.text("reason", default="", empty=True)
+        if role not in ROLES:
+            raise Bad(f"set_role: field 'role' must be one of {', '.join(ROLES)} "
+                      f"(got {short(role)})")
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise Bad(f"set_role: node {node_id} is not registered; see `swarmnode nodes`")
+        if node.role == role:
+            return {"ok": True, "node": node.to_dict(), "changed": False}, False
+        if role == VOTER and len(self.voters()) >= self.config["max_voters"]:
+            raise Bad(f"set_role: the swarm already has {len(self.voters())} voters "
+                      f"(cluster.max_voters is {self.config['max_voters']}); demote one "
+                      "first or raise max_voters")
+        if role == VOTER and not node.raft:
+            raise Bad(f"set_role: node {node_id} has no Raft address and cannot vote")
+        self._set_role(node, role, ts, reason)
+        return {"ok": True, "node": node.to_dict(), "changed": True}, True
 
     def _op_node_status(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """The leader's view of which nodes are reachable; a node that is down loses its leases.
@@ -824,6 +900,8 @@ class SwarmState:
             "fail_nodes": f.integer("fail_nodes", minimum=1, default=None),
             "keep_releases": f.integer("keep_releases", minimum=1, default=None),
             "replicas": f.integer("replicas", minimum=1, default=None),
+            "max_voters": f.integer("max_voters", minimum=1, default=None),
+            "voter_grace_s": f.number("voter_grace_s", minimum=0.0, default=None),
         }
         changed = False
         for key, value in new.items():
@@ -974,4 +1052,6 @@ _HANDLERS: dict[str, Callable[[SwarmState, Fields, float], tuple[Result, bool]]]
     "tree_report": SwarmState._op_tree_report,
     "barrier": SwarmState._op_barrier,
     "set_signing_key": SwarmState._op_set_signing_key,
+    "admit_node": SwarmState._op_admit_node,
+    "set_role": SwarmState._op_set_role,
 }

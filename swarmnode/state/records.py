@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+VOTER, NONVOTER, REMOVED = "voter", "nonvoter", "removed"
+ROLES = (VOTER, NONVOTER, REMOVED)
+DISCOVERY_SOURCES = ("static", "mdns", "tailscale", "cli")
+
 PLANNED = "planned"
 READY = "ready"
 LEASED = "leased"
@@ -73,6 +77,15 @@ class Node(_Record):
     down_since: float | None = None
     sync_id: str = ""
     sync_error: str = ""
+    # Raft membership the swarm wants: "voter", "nonvoter" (a worker that replicates but does
+    # not vote) or "removed"; "" for a node registered before roles existed. The leader moves
+    # pysyncobj's voter set towards it; `role_ts` is when it last changed, `role_reason` why.
+    role: str = ""
+    role_ts: float = 0.0
+    role_reason: str = ""
+    discovery: str = "static"  # how it joined: static (config peers), mdns, tailscale, cli
+    slots: int = 0  # builds it runs at once (build.max_parallel_jobs)
+    site: str = ""  # where it stands (node.site), for people reading `swarmnode nodes`
 
     def breaker(self, ts: float) -> str:
         """``grounded`` (may not claim), ``probation`` (one job at a time) or ``ok``."""

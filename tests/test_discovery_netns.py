@@ -1,0 +1,163 @@
+"""Nodes find each other on a LAN: real `swarmnode serve` processes in network namespaces on
+one bridge, real mDNS multicast, no peer list anywhere.
+
+In order, against one LAN: three nodes form a swarm through mDNS; a node of another cluster
+stays out (and is listed as foreign); a node with the right name but a wrong secret is refused
+and starts nothing; a node started while a cycle runs is admitted as a non-voting worker and
+builds jobs of that cycle; a voter whose link goes down is marked down and the rest finish the
+cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from harness import NodeProc, profile_toml, wait_for
+from heldout_repo import make_repository, program_atoms
+from netns import Lan, lan_or_skip
+
+pytestmark = pytest.mark.slow
+
+EXTRA_PROGRAMS = 8
+PROFILE = "lan"
+SECRET = "lan-secret-0123456789abcdef"
+WRONG = "not-the-lan-secret-0123456789"
+
+
+class Swarm:
+    def __init__(self, lan: Lan, root: Path, profiles: str) -> None:
+        self.lan, self.root, self.profiles = lan, root, profiles
+        self.nodes: dict[str, NodeProc] = {}
+
+    def add(self, node_id: str, cluster: str = "lan", secret: str = SECRET) -> NodeProc:
+        host = self.lan.add_host(node_id)
+        node = NodeProc(self.root, node_id, self.profiles, secret=secret, port=7700,
+                        raft_port=7701, host=host.ip, netns=host.netns, cluster_name=cluster,
+                        cluster_toml="max_voters = 3\ndown_after_s = 3",
+                        extra_toml="\n[discovery]\nbootstrap_wait_s = 3\ntailscale = false\n")
+        self.nodes[node_id] = node
+        return node
+
+    def host(self, node_id: str) -> Any:
+        return next(h for h in self.lan.hosts if h.name == node_id)
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    root = tmp_path_factory.mktemp("lan")
+    repo, distfiles, _conf = make_repository(root, EXTRA_PROGRAMS)
+    for ebuild in repo.glob("games-misc/tally*/*.ebuild"):  # builds long enough to join mid-way
+        ebuild.write_text(ebuild.read_text().replace("src_compile() {", "src_compile() { sleep 3;"))
+    world = json.dumps(program_atoms(EXTRA_PROGRAMS))
+    profiles = profile_toml(PROFILE, repo, None, distfiles, portage_profile="base",
+                            extra=f"world = {world}")
+    lan = lan_or_skip("snd")
+    s = Swarm(lan, root / "nodes", profiles)
+    try:
+        yield s
+    finally:
+        for n in s.nodes.values():
+            n.stop()
+        lan.close()
+
+
+def nodes_view(n: NodeProc) -> dict[str, Any]:
+    return n.get("/api/v1/nodes")
+
+
+def members(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["node_id"]: e for e in view["nodes"] if e.get("node_id")}
+
+
+def test_three_nodes_form_a_swarm_through_mdns_without_a_peer_list(swarm: Swarm) -> None:
+    first = [swarm.add(f"n{i}") for i in (1, 2, 3)]
+    for n in first:
+        assert n.peers == []  # nothing but the cluster name and secret
+        n.start(wait=False)
+    for n in first:
+        n.wait_serving(90)
+
+    def formed() -> dict[str, Any] | None:
+        view = nodes_view(first[0])
+        found = members(view)
+        if set(found) == {"n1", "n2", "n3"} and all(e["up"] for e in found.values()):
+            return view
+        return None
+
+    view = wait_for(formed, 60, "n1 to list n1, n2, n3 as up members")
+    found = members(view)
+    assert sorted(e["role"] for e in found.values()) == ["leader", "voter", "voter"]
+    assert {e["discovery"] for e in found.values()} == {"mdns"}
+    assert {e["raft"] for e in found.values()} == {n.raft for n in first}
+    leaders = {nodes_view(n)["leader"] for n in first}
+    assert len(leaders) == 1 and leaders != {None}
+    out = first[1].cli("nodes")
+    assert out.returncode == 0, out.stderr
+    assert "leader" in out.stdout and "mdns" in out.stdout and "3 voters" in out.stdout
+
+
+def test_a_node_of_another_cluster_stays_out_and_is_listed_as_foreign(swarm: Swarm) -> None:
+    n1 = swarm.nodes["n1"]
+    other = swarm.add("f4", cluster="other")
+    other.start(wait=False)
+    other.wait_serving(60)  # it starts its own swarm: nobody of cluster "other" is around
+    assert set(members(nodes_view(other))) == {"f4"}
+    wait_for(lambda: any(m["node_id"] == "f4" and m["status"].startswith("foreign")
+                         for m in nodes_view(n1)["nearby"]), 30, "n1 to list f4 as foreign")
+    assert set(members(nodes_view(n1))) == {"n1", "n2", "n3"}
+
+
+def test_a_node_with_a_wrong_secret_is_refused_and_starts_nothing(swarm: Swarm) -> None:
+    n1 = swarm.nodes["n1"]
+    intruder = swarm.add("w5", secret=WRONG)
+    intruder.start(wait=False)
+
+    def refused_nearby() -> bool:
+        return any(m["node_id"] == "w5" and m["status"].startswith("refused")
+                   for n in ("n1", "n2", "n3") for m in nodes_view(swarm.nodes[n])["nearby"])
+
+    wait_for(refused_nearby, 30, "a member to list w5 as refused")
+    # Well past its bootstrap wait: it still refuses to start a rival swarm with our name.
+    wait_for(lambda: "refused" in intruder.log_tail(200), 30, "w5 to log the refusal")
+    status, body = intruder.http("GET", "/api/v1/status")
+    assert status == 503 and b"refused" in body, body
+    assert "w5" not in members(nodes_view(n1))
+    out = intruder.cli("status")
+    assert out.returncode != 0 and "not serving yet" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_node_added_mid_cycle_builds_and_a_cut_link_is_marked_down(swarm: Swarm) -> None:
+    n1 = swarm.nodes["n1"]
+    started = n1.cli("fresh", "--profile", PROFILE)
+    assert started.returncode == 0, started.stderr + n1.log_tail()
+    late = swarm.add("n6")
+    late.start(wait=False)
+
+    def cycle() -> dict[str, Any]:
+        return n1.get(f"/api/v1/cycles/latest?profile={PROFILE}")
+
+    wait_for(lambda: members(nodes_view(n1)).get("n6", {}).get("up"), 60,
+             "n6 to be admitted and registered")
+    assert members(nodes_view(n1))["n6"]["role"] == "non-voter"  # max_voters = 3
+    assert not cycle()["finished"], "the cycle ended before n6 could join: make builds longer"
+    wait_for(lambda: any(j["node"] == "n6" for j in cycle()["jobs"].values()), 90,
+             "n6 to build a job of the running cycle")
+
+    view = nodes_view(n1)
+    victim_id = next(i for i in ("n2", "n3") if members(view)[i]["role"] == "voter")
+    watcher = swarm.nodes["n3" if victim_id == "n2" else "n2"]
+    swarm.lan.link_down(swarm.host(victim_id))
+    wait_for(lambda: not members(nodes_view(watcher))[victim_id]["up"], 30,
+             f"{victim_id} (link down) to be marked down")
+    final = wait_for(lambda: (c := cycle())["finished"] and c, 180,
+                     "the rest to finish the cycle")
+    assert final["counts"]["built"] == len(final["jobs"]), final["counts"]
+    builders = {j["node"] for j in final["jobs"].values()}
+    assert "n6" in builders
+    swarm.lan.link_up(swarm.host(victim_id))
+    wait_for(lambda: members(nodes_view(watcher))[victim_id]["up"], 60,
+             f"{victim_id} to be marked up once its link is back")
