@@ -161,3 +161,30 @@ def test_a_node_added_mid_cycle_builds_and_a_cut_link_is_marked_down(swarm: Swar
     swarm.lan.link_up(swarm.host(victim_id))
     wait_for(lambda: members(nodes_view(watcher))[victim_id]["up"], 60,
              f"{victim_id} to be marked up once its link is back")
+
+
+def test_demoting_a_voter_promotes_a_worker_and_both_reopen_their_replicas(swarm: Swarm) -> None:
+    n1 = swarm.nodes["n1"]
+    view = nodes_view(n1)
+    lead = view["leader"]
+    refused = n1.cli("nodes", "demote", lead)
+    assert refused.returncode == 1 and "is the leader" in refused.stderr
+    voter = next(i for i in ("n2", "n3") if members(view)[i]["role"] == "voter")
+    out = n1.cli("nodes", "demote", voter)
+    assert out.returncode == 0 and f"demoted {voter}" in out.stdout, out.stdout + out.stderr
+
+    def switched() -> bool:
+        found = members(nodes_view(n1))
+        return found["n6"]["role"] == "voter" and found[voter]["role"] == "non-voter"
+
+    wait_for(switched, 60, f"n6 to take {voter}'s seat")
+    wait_for(lambda: swarm.nodes["n6"].get("/api/v1/status")["cluster"]["voter"], 30,
+             "n6 to reopen its replica as a voter")
+    wait_for(lambda: not swarm.nodes[voter].get("/api/v1/status")["cluster"]["voter"], 30,
+             f"{voter} to reopen its replica as a worker")
+    # The swarm still commits, from the demoted worker too (forwarded to the leader).
+    assert swarm.nodes[voter].cli("verify", "--profile", PROFILE).returncode in (0, 1)
+    live = [swarm.nodes[i] for i in ("n1", "n2", "n3", "n6")]
+    wait_for(lambda: len({(v["applied_index"], v["digest"]) for v in
+                          (n.get("/api/v1/status")["state"] for n in live)}) == 1, 30,
+             "replicas to converge")

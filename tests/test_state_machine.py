@@ -247,6 +247,12 @@ def _idempotency_scenarios() -> list[tuple[str, Any]]:
         ("node_status", node_down),
         ("request_sync", lambda w: {"sync_id": "s1"}),
         ("tree_report", tree_report),
+        ("admit_node", lambda w: {"node_id": "n7", "raft": "10.0.0.7:7701",
+                                  "url": "http://10.0.0.7:7700", "cores": 8,
+                                  "discovery": "mdns"}),
+        ("set_role", lambda w: (w.ok("admit_node", node_id="n7", raft="h:7", url="http://h",
+                                     cores=1, discovery="mdns"),
+                                {"node_id": "n7", "role": "nonvoter", "reason": "test"})[1]),
     ]
 
 
@@ -1087,3 +1093,59 @@ def test_a_build_that_could_not_run_is_requeued_without_failing_the_package() ->
     again = sw.claim("n1")
     bad = sw.finish("n1", again, success=True, not_run=True)
     assert not bad["ok"] and "cannot both succeed" in bad["error"]
+
+
+def admit(w: Swarm, node_id: str, raft: str | None = None, source: str = "mdns") -> dict:
+    return w.ok("admit_node", node_id=node_id, raft=raft or f"10.0.0.{node_id[1:]}:7701",
+                url=f"http://{node_id}:7700", cores=4, discovery=source)
+
+
+def test_admission_fills_max_voters_then_admits_workers_in_log_order() -> None:
+    w = Swarm()
+    w.ok("configure", max_voters=3)
+    roles = [admit(w, f"n{i}")["role"] for i in range(1, 6)]
+    assert roles == ["voter", "voter", "voter", "nonvoter", "nonvoter"]
+    assert [n.node_id for n in w.s.voters()] == ["n1", "n2", "n3"]
+    again = admit(w, "n4")  # a re-admitted node keeps its role
+    assert again["role"] == "nonvoter" and again["voters"] == [f"10.0.0.{i}:7701" for i in (1, 2, 3)]
+    assert w.s.node("n4").discovery == "mdns"
+
+
+def test_admission_refuses_an_address_another_node_owns_and_bad_sources() -> None:
+    w = Swarm()
+    admit(w, "n1", raft="10.0.0.1:7701")
+    res = w.do("admit_node", node_id="n2", raft="10.0.0.1:7701", url="http://n2", cores=1,
+               discovery="mdns")
+    assert not res["ok"] and "already belongs to node n1" in res["error"]
+    res = w.do("admit_node", node_id="n2", raft="h:2", url="http://n2", cores=1,
+               discovery="carrier-pigeon")
+    assert not res["ok"] and "'discovery' must be one of" in res["error"]
+
+
+def test_set_role_keeps_the_voter_bound_and_a_removed_node_can_be_admitted_again() -> None:
+    w = Swarm()
+    w.ok("configure", max_voters=2)
+    for i in (1, 2, 3):
+        admit(w, f"n{i}")
+    before = w.s.digest()
+    res = w.do("set_role", node_id="n3", role="voter", reason="operator")
+    assert not res["ok"] and "already has 2 voters" in res["error"] and w.s.digest() == before
+    w.ok("set_role", node_id="n2", role="nonvoter", reason="operator")
+    w.ok("set_role", node_id="n3", role="voter", reason="operator")
+    assert [n.node_id for n in w.s.voters()] == ["n1", "n3"]
+    w.ok("set_role", node_id="n1", role="removed", reason="retired")
+    assert admit(w, "n1")["role"] == "voter"  # it proved the secret again: a free seat
+    assert not w.do("set_role", node_id="nx", role="voter")["ok"]
+    assert not w.do("set_role", node_id="n1", role="king")["ok"]
+
+
+def test_a_registering_static_node_gets_its_role_once() -> None:
+    w = Swarm()
+    w.ok("register_node", node_id="s1", url="u", cores=2, profiles=[P], raft="h:1", voter=True)
+    w.ok("register_node", node_id="s2", url="u", cores=2, profiles=[P], raft="h:2", voter=False,
+         slots=3, site="colo")
+    assert (w.s.node("s1").role, w.s.node("s2").role) == ("voter", "nonvoter")
+    assert (w.s.node("s2").slots, w.s.node("s2").site) == (3, "colo")
+    w.ok("set_role", node_id="s2", role="voter", reason="operator")
+    w.ok("register_node", node_id="s2", url="u", cores=2, profiles=[P], raft="h:2", voter=False)
+    assert w.s.node("s2").role == "voter"  # the swarm's decision stands over a restart
