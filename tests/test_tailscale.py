@@ -79,7 +79,7 @@ def test_real_capture_keeps_offline_peers_marked_offline() -> None:
 
     assert [(p.host_name, p.online, p.os) for p in status.peers] == [
         ("I2216", False, "android"),
-        ("tailscale-ssh-console-supalpuket@gmail.com-3fechdv20c", True, "js"),
+        ("tailscale-ssh-console-user1@example.com-3fechdv20c", True, "js"),
     ]
     assert status.peers[0].ipv4 == "100.116.39.124"
     assert status.self_ips == ("100.90.229.12", "fd7a:115c:a1e0::bc39:e50d")
