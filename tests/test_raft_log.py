@@ -234,3 +234,36 @@ async def test_a_non_voter_follows_submits_and_is_promoted_without_losing_state(
         assert (await c.live()[0].submit(register("y"), timeout=10))["ok"]
     finally:
         w.close()
+
+
+@pytest.mark.slow
+async def test_fifty_nodes_five_voters_and_workers_that_do_not_count(make: Any,
+                                                                     tmp_path: Path) -> None:
+    """The shape issue 4 asks for: 5 voters, 45 workers. Every replica gets every entry, any of
+    them can submit, and losing every worker costs the quorum nothing."""
+    c = make(5)
+    for i in range(5):
+        c.start(i)
+    await c.until(lambda: any(x.is_leader for x in c.live()), 15, "a leader")
+    workers = []
+    try:
+        for i in range(45):
+            w = RaftLog(RaftSettings(f"127.0.0.1:{free_port()}", tuple(c.addrs),
+                                     tmp_path / f"w{i}", PASSWORD, voter=False))
+            w.start()
+            workers.append(w)
+        everyone = c.live() + workers
+        for i in range(0, 45, 9):  # workers across the swarm submit, forwarded to the leader
+            assert (await workers[i].submit(register(f"w{i}"), timeout=20))["ok"]
+        await c.until(lambda: len({(x.applied_index, x.state.digest()) for x in everyone}) == 1,
+                      60, "all 50 replicas to converge")
+        assert len(everyone[0].state.nodes()) == 5
+        leader = next(x for x in c.live() if x.is_leader)
+        assert len(leader.members()) == 5  # workers are not voters
+        for w in workers:
+            w.close()
+        workers = []
+        assert (await leader.submit(register("after"), timeout=10))["ok"]
+    finally:
+        for w in workers:
+            w.close()

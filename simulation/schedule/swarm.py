@@ -49,6 +49,8 @@ class SwarmSettings:
     max_jobs: int = 0            # builds per node at once; 0 = the daemon's max(1, cores // 4)
 
     def jobs_for(self, cores: int) -> int:
+        if self.max_jobs < 0:
+            return cores
         return self.max_jobs or max(1, cores // 4)
 
 
@@ -81,6 +83,7 @@ class _Sim:
         self.state = SwarmState()
         self.now = 0.0
         self.commands = 0
+        self.refused = 0               # claims proposed that returned no job
         self.names = {p.cpv: p.name for p in workload.packages}
         self.pkgs = workload.by_name()
         self.running: dict[str, dict[int, _Running]] = {n.node_id: {} for n in fleet}
@@ -135,6 +138,7 @@ class _Sim:
                         break
                     res = self.apply(cmd[0], **cmd[1])
                     if not res.get("job"):
+                        self.refused += 1
                         break
                     lease = res["lease"]
                     name = self.names[res["job"]["cpv"]]

@@ -8,7 +8,8 @@ worker.
 Loops (each a thin I/O shell around `decisions` and `membership`):
   worker       claims and builds while cores are free (worker.py)
   maintenance  on the leader only: node up/down from Raft connectivity (voters) and API probes
-               (workers), lease expiry, the voter policy and pysyncobj's voter set
+               (workers, `prober`), lease expiry
+  voters       on the leader only: the voter policy and pysyncobj's voter set (membership.py)
   roles        switches this node's replica between voter and worker when its role changes
   replicator   copies under-replicated artifacts this node is chosen for
   publisher    makes the binhost serve the production release, fetching what it lacks
@@ -261,6 +262,7 @@ class Node:
             asyncio.create_task(self._syncer(), name="syncer"),
             asyncio.create_task(self._roles(), name="roles"),
             asyncio.create_task(self._prober(), name="prober"),
+            asyncio.create_task(self._voters(), name="voters"),
         ]
         self.ready.set()
 
@@ -355,6 +357,18 @@ class Node:
                            if n.url and n.raft not in members and n.node_id != self.node_id]
                 await asyncio.gather(*(probe(i, u) for i, u in targets))
 
+    async def _voters(self) -> None:
+        """On the leader: the voter policy, then pysyncobj's voter set towards it. Its own loop,
+        so a slow membership change never delays noticing a dead node."""
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.log.is_leader:
+                continue
+            try:
+                await self._membership()
+            except Exception as exc:  # no quorum, a change still in flight …: next round
+                log.info("membership: %s", exc)
+
     async def _membership(self) -> None:
         """The leader's voter policy, then one pysyncobj membership change towards it."""
         state = self.log.state
@@ -366,7 +380,7 @@ class Node:
         changes = membership.raft_changes(self.log.state, self.log.members(), time.time())
         if changes:
             action, address = changes[0]
-            await self.log.change_membership(action, address)
+            await self.log.change_membership(action, address, timeout=5.0)
             log.warning("Raft voters: %s %s", "added" if action == "add" else "removed", address)
 
     async def _roles(self) -> None:
@@ -412,10 +426,6 @@ class Node:
                 self.liveness.reset()
                 was_leader = True
             verdict = self.liveness.observe(self.reachable_nodes(), time.monotonic())
-            try:
-                await self._membership()
-            except Exception as exc:  # no quorum, a change still in flight …: next round
-                log.info("membership: %s", exc)
             try:
                 for cmd in decisions.maintenance_commands(self.log.state, time.time(), verdict):
                     result = await self.submit(command(cmd[0], **cmd[1]), timeout=5.0)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -30,7 +32,9 @@ from .records import (BLOCKED, BUILT, DISCOVERY_SOURCES, FAILED, LEASED, NONVOTE
                       READY, REMOVED, ROLES, VOTER, Artifact, Cycle, Job, Lease, Node,
                       Production, Release)
 from .fields import Bad, Fields, Result, error_result, short
-from .scheduling import allocate_cores, critical_paths, estimate, learn, package_key, topo_order
+from .scheduling import (HORIZON_MARGIN, Candidate, Capacity, cores_within, critical_paths,
+                         estimate, fast_paths, learn, package_key, place, topo_order,
+                         useful_cores, wall_time)
 
 FORMAT_VERSION = 2
 DEDUP_LIMIT = 10_000
@@ -43,6 +47,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_voters": 5,             # Raft voters; further nodes join as non-voting workers
     "voter_grace_s": 3600.0,     # a voter down this long is replaced by an up worker
 }
+
+
+@dataclass
+class _CyclePaths:
+    """A cycle's estimates and paths, derived from ``durations`` (cached until they change)."""
+
+    est: dict[str, float]                 # cpv → core-seconds
+    crit: dict[str, float]                # cpv → remaining critical path in core-seconds
+    keys: dict[str, list[str]]            # cat/pn → cpvs of the cycle (what a learn touches)
+    fast: dict[int, dict[str, float]] = field(default_factory=dict)  # largest node → paths
 
 
 def _plural(n: int, noun: str) -> str:
@@ -81,9 +95,9 @@ class SwarmState:
         # secret half arrives encrypted with the cluster secret (the state never sees it clear).
         self.signing: dict[str, str] = {}
         # Derived, never serialised (rebuilt on load): sha256 → every Artifact copy, and
-        # cycle_id → (critical paths, cat/pn → cpvs of the cycle) for the claim ranking.
+        # cycle_id → the estimates and critical paths the claim ranks and places with.
         self._by_sha: dict[str, list[Artifact]] = {}
-        self._crit: dict[str, tuple[dict[str, float], dict[str, list[str]]]] = {}
+        self._crit: dict[str, _CyclePaths] = {}
 
     # ------------------------------------------------------------------ serialisation
 
@@ -587,7 +601,7 @@ class SwarmState:
         if breaker == "probation" and any(l.node_id == node_id for l in self.leases.values()):
             return self._nothing(f"node {node_id} is on probation: one job at a time "
                                  "until a build succeeds")
-        best: tuple[tuple[float, float, str, int], Cycle, Job] | None = None
+        ranked: list[tuple[tuple[float, float, str, int], Cycle, Job]] = []
         any_ready = False
         tree_block = ""  # why the first cycle skipped for its tree version was skipped
         for pos, cyc in enumerate(self.active_cycles()):
@@ -602,21 +616,22 @@ class SwarmState:
                 job = cyc.jobs[cpv]
                 if node_id in job.failed_nodes:
                     continue
-                key = self._rank(node.sweeper, job, crit, pos)
-                if best is None or key < best[0]:
-                    best = (key, cyc, job)
-        if best is None:
+                ranked.append((self._rank(node.sweeper, job, crit, pos), cyc, job))
+        if not ranked:
             if not any_ready:
                 return self._nothing("nothing ready to build")
             if tree_block:
                 return self._nothing(f"no ready job node {node_id} can take: {tree_block}")
             return self._nothing(f"no ready job node {node_id} can take (profiles, "
                                  "or it failed them before)")
-        _, cyc, job = best
+        ranked.sort(key=lambda r: r[0])
+        placed = self._place(node, free_cores, ranked, ts)
+        if isinstance(placed, str):
+            return self._nothing(f"node {node_id} waits: {placed}")
+        cyc, job, cores = placed
         if breaker == "probation":
             node.grounded_until, node.probation = None, True
         est = estimate(self.durations, job.cpv)
-        cores = allocate_cores(est, free_cores)
         # BUILD_IDs are allocated here, in one place, so builders never collide; an id whose
         # lease expires is simply never used.
         build_id = self.build_ids.get(job.cpv, 0) + 1
@@ -664,7 +679,7 @@ class SwarmState:
             return (0.0 if retry else 1.0, -estimate(self.durations, job.cpv), job.cpv, pos)
         return (0.0, -crit[job.cpv], job.cpv, pos)
 
-    def _critical(self, cyc: Cycle) -> dict[str, float]:
+    def _paths(self, cyc: Cycle) -> _CyclePaths:
         cached = self._crit.get(cyc.id)
         if cached is None:
             deps = {c: j.deps for c, j in cyc.jobs.items()}
@@ -673,9 +688,104 @@ class SwarmState:
             keys: dict[str, list[str]] = {}
             for cpv in cyc.jobs:
                 keys.setdefault(package_key(cpv), []).append(cpv)
-            cached = (critical_paths(deps, dependents, est), keys)
+            cached = _CyclePaths(est=est, crit=critical_paths(deps, dependents, est), keys=keys)
             self._crit[cyc.id] = cached
-        return cached[0]
+        return cached
+
+    def _critical(self, cyc: Cycle) -> dict[str, float]:
+        return self._paths(cyc).crit
+
+    def _fast(self, cyc: Cycle, max_cores: int) -> dict[str, float]:
+        paths = self._paths(cyc)
+        if max_cores not in paths.fast:
+            paths.fast[max_cores] = fast_paths(
+                {c: j.deps for c, j in cyc.jobs.items()},
+                {c: j.dependents for c, j in cyc.jobs.items()}, paths.est, max_cores)
+        return paths.fast[max_cores]
+
+    def _builders(self, cyc: Cycle, ts: float) -> list[Node]:
+        """Nodes that can take a job of ``cyc`` now or later: up, not grounded, serving its
+        profile at its tree version, and (on probation) not already building."""
+        busy = {l.node_id for l in self.leases.values()}
+        return [n for n in self.nodes()
+                if n.up and cyc.profile in n.profiles and n.breaker(ts) != "grounded"
+                and not (n.breaker(ts) == "probation" and n.node_id in busy)
+                and (not cyc.tree_version
+                     or n.tree_versions.get(cyc.profile) == cyc.tree_version)]
+
+    def _predicted_end(self, lease: Lease, ts: float) -> float:
+        """When a running build should end (never before ``ts`` + 1 s: one that overran its
+        estimate ends at any moment, as far as anyone knows)."""
+        cyc = self.cycles.get(lease.cycle_id)
+        est = self._paths(cyc).est.get(lease.cpv) if cyc else None
+        if est is None:
+            est = estimate(self.durations, lease.cpv)
+        return max(ts + 1.0, lease.started_at + wall_time(est, lease.cores))
+
+    def _place(self, node: Node, free: int,
+               ranked: list[tuple[tuple[float, float, str, int], Cycle, Job]],
+               ts: float) -> tuple[Cycle, Job, int] | str:
+        """Which ranked job ``node`` starts now and on how many cores, or why it waits.
+
+        Each job wants the fewest cores (up to ``useful_cores``) with which the chain behind
+        it still ends within HORIZON_MARGIN of the cycle's projected remaining time — the
+        longer of its critical path (every job on its useful cores on the largest node) and
+        its remaining work spread over every core that serves it. Jobs on the critical path
+        get all the cores they can use; jobs with slack get few, which wastes least (builds
+        do not speed up linearly). :func:`scheduling.place` then decides where each goes.
+        """
+        ends = {f: self._predicted_end(l, ts) for f, l in sorted(self.leases.items())}
+        builders: dict[str, Node] = {}
+        want: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {}
+        for cyc in {id(c): c for _, c, _ in ranked}.values():
+            nodes = self._builders(cyc, ts)
+            if node not in nodes:
+                nodes.append(node)
+            builders.update((n.node_id, n) for n in nodes)
+            max_cores = max(n.cores for n in nodes)
+            paths, fast = self._paths(cyc), self._fast(cyc, max_cores)
+
+            def own(cpv: str) -> float:
+                est = paths.est[cpv]
+                return wall_time(est, min(useful_cores(est), max_cores))
+
+            critical = max(fast[c] for c in cyc.cpvs_in(READY))
+            work = [paths.est[c] for s in (READY, PLANNED) for c in cyc.cpvs_in(s)]
+            for fence, lease in self.leases.items():
+                if lease.cycle_id == cyc.id and lease.cpv in fast:
+                    left = max(0.0, ends[fence] - ts)
+                    critical = max(critical, left + fast[lease.cpv] - own(lease.cpv))
+                    span = max(1e-9, ends[fence] - lease.started_at)
+                    work.append(paths.est[lease.cpv] * min(1.0, left / span))
+            horizon = max(critical, math.fsum(work) / sum(n.cores for n in nodes))
+            for _, c, job in ranked:
+                if c is cyc:
+                    est, tail = paths.est[job.cpv], fast[job.cpv] - own(job.cpv)
+                    cores = cores_within(est, HORIZON_MARGIN * horizon - tail,
+                                         min(useful_cores(est), max_cores))
+                    allowed = tuple(n.node_id for n in nodes
+                                    if n.node_id not in job.failed_nodes)
+                    want[(cyc.id, job.cpv)] = (cores, allowed)
+        capacity: dict[str, Capacity] = {}
+        for node_id, n in sorted(builders.items()):
+            capacity[node_id] = cap = Capacity(n.cores, n.slots)
+            for fence, lease in sorted(self.leases.items()):
+                if lease.node_id == node_id:
+                    cap.book(lease.started_at, ends[fence], lease.cores)
+        mine = capacity[node.node_id]
+        held = sum(c for s, e, c in mine.busy if s <= ts < e)
+        mine.cores = max(mine.cores, held + free)
+        if mine.cores - held > free:  # what this node's own view says is not ours to use
+            mine.book(ts, math.inf, mine.cores - held - free)
+        running = sum(1 for l in self.leases.values() if l.node_id == node.node_id)
+        share = free // max(1, node.slots - running) if node.slots else 1
+        cands = [Candidate(job.cpv, self._paths(cyc).est[job.cpv], *want[(cyc.id, job.cpv)])
+                 for _, cyc, job in ranked]
+        decision = place(cands, node.node_id, free, share, capacity, ts)
+        if decision.index is None:
+            return decision.reason
+        _, cyc, job = ranked[decision.index]
+        return cyc, job, decision.cores
 
     def _learn(self, key: str, core_seconds: float) -> None:
         """Update an estimate; drop cached paths only where an unbuilt job uses it.
@@ -686,7 +796,7 @@ class SwarmState:
         self.durations[key] = learn(self.durations.get(key), core_seconds)
         for cid in sorted(self._crit):
             cyc = self.cycles[cid]
-            if any(cyc.jobs[c].state != BUILT for c in self._crit[cid][1].get(key, ())):
+            if any(cyc.jobs[c].state != BUILT for c in self._crit[cid].keys.get(key, ())):
                 del self._crit[cid]
 
     def _live_lease(self, fence: int, node_id: str, ts: float) -> Lease | None:

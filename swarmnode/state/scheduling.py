@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 #: Estimate for a package never built before (core-seconds): the brief's median build is ~43 s.
 DEFAULT_CORE_SECONDS = 60.0
@@ -91,3 +92,153 @@ def critical_paths(deps: Mapping[str, Sequence[str]], dependents: Mapping[str, I
         tail = max((path[d] for d in dependents[n] if d in path), default=0.0)
         path[n] = est[n] + tail
     return path
+
+
+# -- placement: how many cores, on which node, now or later -----------------------------------
+#
+# Estimates are core-seconds (≈ the build's time on one core). How a build speeds up with more
+# cores is not learned (one cycle builds a package once, on one core count), so placement uses
+# a prior: Amdahl's law with a serial part of a fixed SERIAL_S (configure, install) plus
+# SERIAL_SHARE of the rest (linking). It only has to rank options, not predict to the second.
+
+#: Seconds of every build that do not parallelise (configure, install), on any core count.
+SERIAL_S = 45.0
+#: Share of the remaining core-seconds that does not parallelise either (linking, tests).
+SERIAL_SHARE = 0.03
+#: A job's path must fit this share of the cycle's projected remaining time: the margin that
+#: absorbs queueing and estimate errors before the job turns into the tail.
+HORIZON_MARGIN = 0.0
+
+
+def serial_part(est: float) -> float:
+    """Seconds of a build of ``est`` core-seconds that no number of cores shortens."""
+    return min(est, SERIAL_S + SERIAL_SHARE * est)
+
+
+def wall_time(est: float, cores: int) -> float:
+    """Predicted wall seconds of a build of ``est`` core-seconds on ``cores`` cores."""
+    serial = serial_part(est)
+    return serial + (est - serial) / max(1, cores)
+
+
+def useful_cores(est: float) -> int:
+    """``ceil(est / 120)``, at least 1: more cores than that only add overhead (see
+    :func:`allocate_cores`); the most a job is ever given."""
+    return max(1, math.ceil(est / CORE_SECONDS_PER_CORE))
+
+
+def cores_within(est: float, budget_s: float, cap: int) -> int:
+    """Fewest cores (1..cap) that build ``est`` within ``budget_s`` wall seconds, else cap."""
+    serial = serial_part(est)
+    if budget_s <= serial:
+        return cap
+    return max(1, min(cap, math.ceil((est - serial) / (budget_s - serial) - 1e-9)))
+
+
+def fast_paths(deps: Mapping[str, Sequence[str]], dependents: Mapping[str, Iterable[str]],
+               est: Mapping[str, float], max_cores: int) -> dict[str, float]:
+    """Remaining critical path in wall seconds, every job on its useful cores (≤ max_cores):
+    the shortest time in which the chain behind each job can possibly finish."""
+    fast = {n: wall_time(e, min(useful_cores(e), max_cores)) for n, e in est.items()}
+    return critical_paths(deps, dependents, fast)
+
+
+class Capacity:
+    """One node's cores over (predicted) time, as a claim sees it: which builds hold how many
+    cores until when. Answers "when could a build of c cores for d seconds start here?"."""
+
+    def __init__(self, cores: int, slots: int) -> None:
+        self.cores = cores
+        self.slots = slots            # builds at once; 0 = no limit but the cores
+        self.busy: list[tuple[float, float, int]] = []   # (start, end, cores)
+
+    def book(self, start: float, end: float, cores: int) -> None:
+        self.busy.append((start, end, cores))
+
+    def _fits(self, t: float, duration: float, cores: int) -> bool:
+        end = t + duration
+        for x in [t] + [s for s, _, _ in self.busy if t < s < end]:
+            used = sum(c for s, e, c in self.busy if s <= x < e)
+            running = sum(1 for s, e, _ in self.busy if s <= x < e)
+            if used + cores > self.cores or (self.slots and running >= self.slots):
+                return False
+        return True
+
+    def earliest(self, cores: int, duration: float, now: float) -> float:
+        """Earliest start ≥ now with ``cores`` free for ``duration`` and a free slot
+        (``math.inf`` if the node is too small)."""
+        if cores > self.cores:
+            return math.inf
+        for t in sorted({now} | {e for _, e, _ in self.busy if e > now}):
+            if self._fits(t, duration, cores):
+                return t
+        return math.inf
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ready job as a claim weighs it (candidates arrive best first)."""
+
+    cpv: str
+    est: float                    # core-seconds
+    want: int                     # cores it should get (already capped by the largest node)
+    nodes: tuple[str, ...]        # nodes that may build it (up, serving, not failed there)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The claim's answer: which candidate (by index) on how many cores now, or why none."""
+
+    index: int | None
+    cores: int = 0
+    reason: str = ""
+
+
+def place(candidates: Sequence[Candidate], me: str, free: int, share: int,
+          capacity: Mapping[str, Capacity], now: float) -> Placement:
+    """What node ``me`` (``free`` cores free now) should start: list scheduling over the
+    predicted occupation of every node.
+
+    Candidates are taken in priority order. One whose wanted cores are free here starts here
+    (with the node's fair ``share`` of its free cores, if that is more: cores idle behind a
+    slot limit help no one). Any other goes where it would finish first — on another node
+    (left for it; that node's time is booked), later here (this node keeps the cores free
+    for it and from then on only starts builds predicted to end before it), or here now on
+    fewer cores if that still finishes first. Ties go to ``me``.
+    """
+    reserved: tuple[float, str] | None = None     # (start, cpv) of the build this node awaits
+    for i, cand in enumerate(candidates):
+        if me not in cand.nodes:
+            continue
+        if cand.want <= free:
+            if reserved is None:
+                return Placement(i, max(cand.want, min(share, free)))
+            if now + wall_time(cand.est, cand.want) <= reserved[0]:
+                return Placement(i, cand.want)  # backfill: done before it is needed
+            continue
+        options: list[tuple[float, int, str, float, int]] = []  # (finish, rank, node, start, c)
+        if free >= 1 and reserved is None:
+            options.append((now + wall_time(cand.est, free), 0, me, now, free))
+        for rank, node_id in enumerate(sorted(cand.nodes, key=lambda n: (n != me, n)), 1):
+            cap = capacity.get(node_id)
+            if cap is None:
+                continue
+            cores = min(cand.want, cap.cores)
+            start = cap.earliest(cores, wall_time(cand.est, cores), now)
+            if start < math.inf:
+                options.append((start + wall_time(cand.est, cores), rank, node_id, start, cores))
+        if not options:
+            continue
+        finish, _, node_id, start, cores = min(options)
+        capacity[node_id].book(start, finish, cores)
+        if node_id != me:
+            continue
+        if start <= now and cores <= free:
+            if reserved is None or finish <= reserved[0]:
+                return Placement(i, cores)
+        elif reserved is None:
+            reserved = (start, cand.cpv)
+    if reserved is not None:
+        return Placement(None, reason=f"keeping its cores free for {reserved[1]} "
+                                      f"(expected to start at ts {reserved[0]:.0f})")
+    return Placement(None, reason="every ready job it may build finishes sooner elsewhere")
