@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from harness import NodeProc, profile_toml, wait_for
+from harness import PROJECT, NodeProc, profile_toml, wait_for
 from heldout_repo import make_repository, program_atoms
 from netns import Lan, lan_or_skip
 
@@ -33,12 +33,13 @@ class Swarm:
         self.lan, self.root, self.profiles = lan, root, profiles
         self.nodes: dict[str, NodeProc] = {}
 
-    def add(self, node_id: str, cluster: str = "lan", secret: str = SECRET) -> NodeProc:
+    def add(self, node_id: str, cluster: str = "lan", secret: str = SECRET,
+            discovery: str = "tailscale = false") -> NodeProc:
         host = self.lan.add_host(node_id)
         node = NodeProc(self.root, node_id, self.profiles, secret=secret, port=7700,
                         raft_port=7701, host=host.ip, netns=host.netns, cluster_name=cluster,
                         cluster_toml="max_voters = 3\ndown_after_s = 3",
-                        extra_toml="\n[discovery]\nbootstrap_wait_s = 3\ntailscale = false\n")
+                        extra_toml=f"\n[discovery]\nbootstrap_wait_s = 3\n{discovery}\n")
         self.nodes[node_id] = node
         return node
 
@@ -188,3 +189,29 @@ def test_demoting_a_voter_promotes_a_worker_and_both_reopen_their_replicas(swarm
     wait_for(lambda: len({(v["applied_index"], v["digest"]) for v in
                           (n.get("/api/v1/status")["state"] for n in live)}) == 1, 30,
              "replicas to converge")
+
+
+def test_a_remote_node_without_mdns_joins_through_the_peers_tailscale_reports(
+        swarm: Swarm, tmp_path: Path) -> None:
+    """A node at another site: no mDNS reaches it, `tailscale status --json` lists the swarm.
+    The tailscale command is a stand-in printing a real capture whose peers' tailnet addresses
+    are replaced by the LAN's (the real tailscaled cannot run here)."""
+    capture = json.loads((PROJECT / "tests/data/tailscale/status-1.94.2-tagged.json").read_text())
+    peers = list(capture["Peer"].values())
+    members_ips = [swarm.nodes[i].host for i in ("n1", "n2")]
+    for peer, ip in zip(peers, members_ips):
+        peer["TailscaleIPs"], peer["Online"] = [ip], True
+    for peer in peers[len(members_ips):]:
+        peer["Online"] = False
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps(capture))
+    fake = tmp_path / "tailscale"
+    fake.write_text(f"#!/bin/sh\ncat {status}\n")
+    fake.chmod(0o755)
+    remote = swarm.add("r7", discovery=f'mdns = false\ntailscale_command = "{fake}"')
+    remote.start(wait=False)
+    remote.wait_serving(60)
+    found = wait_for(lambda: members(nodes_view(swarm.nodes["n1"])).get("r7"), 30,
+                     "r7 to be registered")
+    assert found["discovery"] == "tailscale" and found["role"] == "non-voter"
+    assert "tailscale" in remote.log_tail(200)

@@ -611,13 +611,11 @@ class SwarmState:
             if cyc.tree_version and node.tree_versions.get(cyc.profile) != cyc.tree_version:
                 tree_block = tree_block or self._tree_mismatch(node, cyc)
                 continue
-            crit = {} if node.sweeper else self._critical(cyc)
+            crit = self._critical(cyc)
             for cpv in cyc.cpvs_in(READY):
                 job = cyc.jobs[cpv]
-                if node_id in job.failed_nodes:
-                    continue
-                ranked.append((self._rank(node.sweeper, job, crit, pos), cyc, job))
-        if not ranked:
+                ranked.append((self._rank(False, job, crit, pos), cyc, job))
+        if not any(node_id not in job.failed_nodes for _, _, job in ranked):
             if not any_ready:
                 return self._nothing("nothing ready to build")
             if tree_block:
@@ -725,7 +723,7 @@ class SwarmState:
     def _place(self, node: Node, free: int,
                ranked: list[tuple[tuple[float, float, str, int], Cycle, Job]],
                ts: float) -> tuple[Cycle, Job, int] | str:
-        """Which ranked job ``node`` starts now and on how many cores, or why it waits.
+        """The ranked job ``node`` starts now and its cores, or why it waits.
 
         Each job wants the fewest cores (up to ``useful_cores``) with which the chain behind
         it still ends within HORIZON_MARGIN of the cycle's projected remaining time — the
@@ -777,11 +775,16 @@ class SwarmState:
         mine.cores = max(mine.cores, held + free)
         if mine.cores - held > free:  # what this node's own view says is not ours to use
             mine.book(ts, math.inf, mine.cores - held - free)
-        running = sum(1 for l in self.leases.values() if l.node_id == node.node_id)
-        share = free // max(1, node.slots - running) if node.slots else 1
         cands = [Candidate(job.cpv, self._paths(cyc).est[job.cpv], *want[(cyc.id, job.cpv)])
                  for _, cyc, job in ranked]
-        decision = place(cands, node.node_id, free, share, capacity, ts)
+        order = {cyc.id: pos for pos, cyc in enumerate(self.active_cycles())}
+
+        def sweeper_key(i: int) -> tuple[float, float, str, int]:
+            _, cyc, job = ranked[i]
+            return self._rank(True, job, {}, order[cyc.id])
+
+        decision = place(cands, node.node_id, capacity, ts,
+                         prefer=sweeper_key if node.sweeper else None)
         if decision.index is None:
             return decision.reason
         _, cyc, job = ranked[decision.index]

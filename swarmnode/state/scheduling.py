@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: Estimate for a package never built before (core-seconds): the brief's median build is ~43 s.
 DEFAULT_CORE_SECONDS = 60.0
@@ -155,11 +156,29 @@ class Capacity:
     def book(self, start: float, end: float, cores: int) -> None:
         self.busy.append((start, end, cores))
 
-    def _fits(self, t: float, duration: float, cores: int) -> bool:
+    def _load(self, x: float) -> tuple[int, int]:
+        """(cores used, builds running) at time ``x``."""
+        held = [c for s, e, c in self.busy if s <= x < e]
+        return sum(held), len(held)
+
+    def free_at(self, x: float) -> int:
+        """Cores a new build could get at ``x`` (0 if every slot is taken)."""
+        used, running = self._load(x)
+        if self.slots and running >= self.slots:
+            return 0
+        return max(0, self.cores - used)
+
+    def share_at(self, x: float) -> int:
+        """The free cores at ``x`` divided among the free slots (1 without a slot limit)."""
+        used, running = self._load(x)
+        if not self.slots or running >= self.slots:
+            return 1
+        return max(1, (self.cores - used) // (self.slots - running))
+
+    def fits(self, t: float, duration: float, cores: int) -> bool:
         end = t + duration
         for x in [t] + [s for s, _, _ in self.busy if t < s < end]:
-            used = sum(c for s, e, c in self.busy if s <= x < e)
-            running = sum(1 for s, e, _ in self.busy if s <= x < e)
+            used, running = self._load(x)
             if used + cores > self.cores or (self.slots and running >= self.slots):
                 return False
         return True
@@ -170,14 +189,14 @@ class Capacity:
         if cores > self.cores:
             return math.inf
         for t in sorted({now} | {e for _, e, _ in self.busy if e > now}):
-            if self._fits(t, duration, cores):
+            if self.fits(t, duration, cores):
                 return t
         return math.inf
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A ready job as a claim weighs it (candidates arrive best first)."""
+    """A ready job as a claim weighs it (candidates arrive in critical-path order)."""
 
     cpv: str
     est: float                    # core-seconds
@@ -187,37 +206,49 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Placement:
-    """The claim's answer: which candidate (by index) on how many cores now, or why none."""
+    """The claim's answer: which candidate (index) on how many cores now, or why none."""
 
     index: int | None
     cores: int = 0
     reason: str = ""
 
 
-def place(candidates: Sequence[Candidate], me: str, free: int, share: int,
-          capacity: Mapping[str, Capacity], now: float) -> Placement:
-    """What node ``me`` (``free`` cores free now) should start: list scheduling over the
-    predicted occupation of every node.
+def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capacity],
+          now: float, prefer: Callable[[int], Any] | None = None) -> Placement:
+    """What node ``me`` should start now: list scheduling of the ready jobs, most critical
+    first, over the predicted occupation of every node (``capacity``, booked as it goes).
 
-    Candidates are taken in priority order. One whose wanted cores are free here starts here
-    (with the node's fair ``share`` of its free cores, if that is more: cores idle behind a
-    slot limit help no one). Any other goes where it would finish first — on another node
-    (left for it; that node's time is booked), later here (this node keeps the cores free
-    for it and from then on only starts builds predicted to end before it), or here now on
-    fewer cores if that still finishes first. Ties go to ``me``.
+    A job whose wanted cores are free here now starts here (with the node's fair share of
+    its free cores, if that is more: cores left idle behind a slot limit help no one). Any
+    other goes where it would finish first — on another node (whose time is then booked),
+    later here (the node keeps those cores free for it: from then on it only starts builds
+    that end before), or here now on fewer cores, if that still finishes first. Ties go to
+    ``me``. An ordinary node takes the first job the schedule starts here. A node with its
+    own order (``prefer``: smallest key first, the sweeper) picks by it among every job that
+    fits here now, except those the schedule gives another node later (big jobs waiting
+    for a bigger node), and never on cores it keeps free for a later one.
     """
+    mine = capacity[me]
+    held = Capacity(mine.cores, mine.slots)       # this node without the builds started now
+    held.busy = list(mine.busy)
+    starts: list[tuple[int, int]] = []
+    later_elsewhere: set[int] = set()
     reserved: tuple[float, str] | None = None     # (start, cpv) of the build this node awaits
     for i, cand in enumerate(candidates):
-        if me not in cand.nodes:
-            continue
-        if cand.want <= free:
+        free = mine.free_at(now) if me in cand.nodes else 0
+        if cand.want <= free and mine.fits(now, wall_time(cand.est, cand.want), cand.want):
+            cores = cand.want
             if reserved is None:
-                return Placement(i, max(cand.want, min(share, free)))
-            if now + wall_time(cand.est, cand.want) <= reserved[0]:
-                return Placement(i, cand.want)  # backfill: done before it is needed
+                more = max(cores, min(mine.share_at(now), free))
+                if mine.fits(now, wall_time(cand.est, more), more):
+                    cores = more
+            mine.book(now, now + wall_time(cand.est, cores), cores)
+            starts.append((i, cores))
+            if prefer is None:
+                break
             continue
         options: list[tuple[float, int, str, float, int]] = []  # (finish, rank, node, start, c)
-        if free >= 1 and reserved is None:
+        if 1 <= free < cand.want and mine.fits(now, wall_time(cand.est, free), free):
             options.append((now + wall_time(cand.est, free), 0, me, now, free))
         for rank, node_id in enumerate(sorted(cand.nodes, key=lambda n: (n != me, n)), 1):
             cap = capacity.get(node_id)
@@ -232,12 +263,29 @@ def place(candidates: Sequence[Candidate], me: str, free: int, share: int,
         finish, _, node_id, start, cores = min(options)
         capacity[node_id].book(start, finish, cores)
         if node_id != me:
+            if start > now:
+                later_elsewhere.add(i)
             continue
-        if start <= now and cores <= free:
-            if reserved is None or finish <= reserved[0]:
-                return Placement(i, cores)
-        elif reserved is None:
-            reserved = (start, cand.cpv)
+        if start <= now:
+            starts.append((i, cores))
+            if prefer is None:
+                break
+        else:
+            held.book(start, finish, cores)
+            reserved = reserved or (start, cand.cpv)
+    if prefer is not None:
+        free = held.free_at(now)
+        chosen = {i for i, _ in starts}
+        for i, cand in enumerate(candidates):
+            if i not in chosen and i not in later_elsewhere and me in cand.nodes \
+                    and cand.want <= free \
+                    and held.fits(now, wall_time(cand.est, cand.want), cand.want):
+                starts.append((i, cand.want))
+        if starts:
+            i, cores = min(starts, key=lambda s: prefer(s[0]))
+            return Placement(i, cores)
+    if starts:
+        return Placement(*starts[0])
     if reserved is not None:
         return Placement(None, reason=f"keeping its cores free for {reserved[1]} "
                                       f"(expected to start at ts {reserved[0]:.0f})")
