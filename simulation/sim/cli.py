@@ -73,8 +73,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default="synthetic",
                    help="synthetic (seeded, small), desktop "
                         "(../shared/data/workloads/desktop.json) or a workload JSON file")
-    p.add_argument("--packages", type=_positive(int), default=40,
-                   help="size of the synthetic workload (default 40)")
+    p.add_argument("--packages", type=_positive(int), default=30,
+                   help="size of the synthetic workload (default 30)")
     p.add_argument("--time-scale", type=_positive(float), default=None,
                    help="multiply build durations (default 1; 0.01 for desktop)")
     p.add_argument("--cycles", type=_positive(int), default=2,

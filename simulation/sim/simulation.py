@@ -42,7 +42,7 @@ class SimConfig:
     seed: int = 1
     nodes: int = 5
     workload: str = "synthetic"
-    packages: int = 40            # size of the synthetic workload
+    packages: int = 30            # size of the synthetic workload
     time_scale: float = 1.0       # build durations are multiplied by this
     cycles: int = 2
     faults: frozenset[str] = frozenset()
@@ -65,10 +65,10 @@ class SimConfig:
     # snapshots (dump, transfer, install) happen within a short run.
     compaction_entries: int = 300
     compaction_time_s: float = 30.0
-    idle_tick_s: float = 0.1
+    idle_tick_s: float = 0.25        # a node with nothing to do still ticks this often
     fault_window_s: float | None = None   # default: derived from the workload
     converge_s: float = 30.0              # after the faults stop: one leader, all caught up
-    digest_every_s: float = 5.0
+    digest_every_s: float = 20.0     # replicas at one index compared (full state digest)
     max_virtual_s: float = 48 * 3600.0
 
 

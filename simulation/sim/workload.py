@@ -93,15 +93,16 @@ def _topological(graph: dict[str, tuple[str, ...]]) -> list[str]:
     return order
 
 
-def synthetic(rng: random.Random, packages: int = 40, time_scale: float = 1.0) -> Workload:
+def synthetic(rng: random.Random, packages: int = 30, time_scale: float = 1.0) -> Workload:
     """A seeded DAG: a few roots, each package depending on up to three earlier ones, build
-    times from 2 s to ~90 s (a long tail, like real builds)."""
+    times from 1 s to 60 s (a long tail, like real builds, but short enough that a run takes
+    a second or two of wall time)."""
     cpvs = [f"{CATEGORY}/p{i:03d}-1.0" for i in range(packages)]
     graph: dict[str, Package] = {}
     for i, cpv in enumerate(cpvs):
         ndeps = 0 if i < 3 else rng.choice((0, 1, 1, 2, 2, 3))
         deps = tuple(sorted({cpvs[rng.randrange(i)] for _ in range(ndeps)})) if i else ()
-        duration = min(90.0, 2.0 + rng.expovariate(1 / 15.0)) * time_scale
+        duration = min(60.0, 1.0 + rng.expovariate(1 / 10.0)) * time_scale
         graph[cpv] = Package(cpv, round(duration, 3), deps, rng.randrange(10_000, 5_000_000))
     return Workload(f"synthetic-{packages}", graph)
 

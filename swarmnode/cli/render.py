@@ -142,8 +142,13 @@ def releases(data: dict[str, Any]) -> None:
 
 
 def nodes(data: dict[str, Any]) -> None:
-    table = Table("node", "role", "address", "site", "cores", "slots", "leases", "health",
-                  "tree", "discovered", box=None)
+    sites = any(n.get("site") for n in data["nodes"])
+    table = Table(box=None)
+    # Narrow terminals wrap cells rather than cut them: ids and addresses are what you type.
+    for name, width in (("node", 4), ("role", 9), ("address", 7), ("site", 4), ("cores", 5),
+                        ("slots", 5), ("health", 6), ("tree", 8), ("via", 6)):
+        if name != "site" or sites:
+            table.add_column(name, min_width=width, overflow="fold")
     for n in data["nodes"]:
         health = ("[red]down[/]" if not n.get("up") else
                   f"[yellow]{n['breaker']}[/]" if n.get("breaker") not in (None, "ok") else
@@ -156,9 +161,10 @@ def nodes(data: dict[str, Any]) -> None:
         role = n["role"]
         if role == "leader":
             role = "[bold]leader[/]"
-        table.add_row(n.get("node_id") or "?", role, n["raft"], n.get("site") or "-",
-                      str(n.get("cores", "")), str(n.get("slots") or ""),
-                      str(len(n.get("leases", []))), health, tree, n.get("discovery", ""))
+        row = [n.get("node_id") or "?", role, n["raft"]] + ([n.get("site") or "-"] if sites else [])
+        busy = f"{len(n.get('leases', []))}/{n.get('slots') or '?'}"  # slots in use / slots
+        table.add_row(*row, str(n.get("cores", "")), busy, health, tree[:8],
+                      n.get("discovery", ""))
     console.print(table)
     voters = data.get("voters")
     if voters:

@@ -108,7 +108,7 @@ SERIAL_S = 45.0
 SERIAL_SHARE = 0.03
 #: A job's path must fit this share of the cycle's projected remaining time: the margin that
 #: absorbs queueing and estimate errors before the job turns into the tail.
-HORIZON_MARGIN = 0.0
+HORIZON_MARGIN = 0.8
 
 
 def serial_part(est: float) -> float:
