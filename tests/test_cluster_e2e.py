@@ -87,6 +87,21 @@ def test_three_nodes_form_one_cluster(cluster: list[NodeProc]) -> None:
     wait_converged(cluster, "replicas to converge")
 
 
+def test_every_replica_hands_out_the_same_state(cluster: list[NodeProc]) -> None:
+    """GET /api/v1/state (cluster secret): the replica's state as bytes an outside checker
+    loads with SwarmState.from_bytes — equal on every node at the same applied index."""
+    from swarmnode.state import SwarmState
+
+    wait_converged(cluster, "replicas to converge")
+    blobs = set()
+    for n in cluster:
+        status, body = n.http("GET", "/api/v1/state", secret=SECRET)
+        assert status == 200
+        blobs.add(body)
+        assert SwarmState.from_bytes(body).digest() == n.get("/api/v1/status")["state"]["digest"]
+    assert len(blobs) == 1
+
+
 def test_a_follower_refuses_a_wrong_or_missing_secret(cluster: list[NodeProc]) -> None:
     lead = leader(cluster)
     follower = next(n for n in cluster if n is not lead)
@@ -97,6 +112,8 @@ def test_a_follower_refuses_a_wrong_or_missing_secret(cluster: list[NodeProc]) -
         assert status == 401, reply
         assert b"cluster secret" in reply
     status, _ = follower.http("GET", "/api/v1/objects/" + "0" * 64)  # peer traffic too
+    assert status == 401
+    status, _ = follower.http("GET", "/api/v1/state")  # the whole state: peers only
     assert status == 401
     assert follower.get("/api/v1/status")["state"]["digest"] == before
 

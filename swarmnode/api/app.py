@@ -48,8 +48,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                       "the serve command's stderr)"}, status=500)
 
 
-#: GET routes that are cluster traffic (store objects: build logs and artifacts of any cycle).
-PEER_ONLY = ("/api/v1/objects/",)
+#: GET routes that are cluster traffic (store objects: build logs and artifacts of any cycle)
+#: or reveal everything (the whole replicated state, for the nemesis checker and debugging).
+PEER_ONLY = ("/api/v1/objects/", "/api/v1/state")
 
 
 @web.middleware
@@ -178,6 +179,15 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path)
 
 
+async def get_state(request: web.Request) -> web.Response:
+    """The replicated state as this replica holds it (msgpack, `SwarmState.from_bytes`), with
+    its applied index: what an external checker compares across nodes."""
+    node = request.app[NODE]
+    return web.Response(body=node.log.state.to_bytes(), content_type="application/msgpack",
+                        headers={"X-Applied-Index": str(node.log.applied_index),
+                                 "X-State-Digest": node.log.state.digest()})
+
+
 async def post_sync(request: web.Request) -> web.Response:
     await _body(request)
     return web.json_response(await ops.request_sync(request.app[NODE]), status=202)
@@ -237,6 +247,7 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/api/v1/key", get_key)
     app.router.add_get("/api/v1/objects/{sha256}", get_object)
     app.router.add_post("/api/v1/sync", post_sync)
+    app.router.add_get("/api/v1/state", get_state)
     app.router.add_get("/api/v1/nodes", get_nodes)
     app.router.add_post("/api/v1/nodes", post_nodes)
     app.router.add_get("/api/v1/ping", get_ping)
