@@ -173,6 +173,29 @@ def replication_fetches(state: SwarmState, me: str) -> list[Fetch]:
     return out
 
 
+@dataclass
+class FetchBackoff:
+    """Failed copies wait 1 s, 2 s, … up to ``max_s`` before the next try — per object and
+    set of holders, so a new holder is tried at once."""
+
+    max_s: float = 30.0
+    retry: dict[tuple[str, tuple[str, ...]], tuple[float, float]] = field(default_factory=dict)
+
+    def due(self, chosen: list[Fetch], now: float) -> list[Fetch]:
+        live = {(f.sha256, f.sources) for f in chosen}
+        self.retry = {k: v for k, v in self.retry.items() if k in live}
+        return [f for f in chosen if self.retry.get((f.sha256, f.sources), (0.0, 0.0))[0] <= now]
+
+    def record(self, tried: list[Fetch], got: set[str], now: float) -> None:
+        for f in tried:
+            key = (f.sha256, f.sources)
+            if f.sha256 in got:
+                self.retry.pop(key, None)
+            else:
+                delay = min(self.max_s, max(1.0, self.retry.get(key, (0.0, 0.5))[1] * 2))
+                self.retry[key] = (now + delay, delay)
+
+
 def missing_for(state: SwarmState, artifacts: list[Any], have: set[str]) -> list[Fetch]:
     """Fetches that give this node every artifact in ``artifacts`` (e.g. a release it serves)."""
     out: dict[str, Fetch] = {}

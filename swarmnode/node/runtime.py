@@ -440,12 +440,17 @@ class Node:
 
     # -- replication: copy artifacts the swarm is short of ------------------------------------
     async def _replicator(self) -> None:
+        """Copy what this node is chosen for. A copy that failed is retried with a growing
+        delay (1 s … 30 s) until its holders change: the loop wakes on every commit, and
+        a dead holder must not be asked dozens of times a second."""
         await self.registered.wait()
+        backoff = decisions.FetchBackoff()
         while True:
-            state = self.log.state
-            todo = decisions.replication_fetches(state, self.node_id)
+            chosen = decisions.replication_fetches(self.log.state, self.node_id)
+            todo = backoff.due(chosen, time.monotonic())
             if todo:
-                await self.fetch_all(todo)
+                got = set(await self.fetch_all(todo))
+                backoff.record(todo, got, time.monotonic())
             await self.log.wait_changed(2.0)
 
     def peer_urls(self, node_ids: tuple[str, ...] | list[str]) -> list[str]:
