@@ -65,11 +65,34 @@ def converged(nodes: list[NodeProc]) -> bool:
     return len(set(LAST_VIEW.values())) == 1
 
 
+def state_differences(nodes: list[NodeProc]) -> str:
+    """Which parts of the replicated state differ between live nodes (for a failure message);
+    each node's state is saved next to its data dir for a post-mortem."""
+    import msgpack
+
+    states = {}
+    for n in live(nodes):
+        status, body = n.http("GET", "/api/v1/state", secret=SECRET)
+        if status == 200:
+            (n.root / f"{n.node_id}.state.msgpack").write_bytes(body)
+            states[n.node_id] = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    if len(states) < 2:
+        return "states unavailable"
+    first, *rest = sorted(states)
+    out = []
+    for other in rest:
+        a, b = states[first], states[other]
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        out.append(f"{first} vs {other}: {keys}")
+    return "; ".join(out)
+
+
 def wait_converged(nodes: list[NodeProc], what: str) -> None:
     try:
         wait_for(lambda: converged(nodes), 60, what)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; last view {LAST_VIEW}") from None
+        raise AssertionError(f"{exc}; last view {LAST_VIEW}; differing: "
+                             f"{state_differences(nodes)}") from None
 
 
 def cycle(n: NodeProc, profile: str) -> dict[str, Any]:
@@ -215,6 +238,7 @@ def test_killing_the_leader_mid_cycle_loses_nothing(cluster: list[NodeProc]) -> 
     assert started["jobs"]
     wait_for(lambda: cycle(entry, "server")["counts"]["built"] >= 2, 600, "some server builds")
     first.kill9()
+    shutil.copytree(first.data_dir / "state", first.root / f"{first.node_id}.state-at-kill")
     new = wait_for(lambda: leader(cluster), 30, "a new leader")
     assert new is not first
     done = wait_for(lambda: (c := cycle(entry, "server"))["finished"] and c, 900,
