@@ -143,7 +143,8 @@ class BenchNode:
         while True:
             try:
                 while self.claiming and (cmd := decisions.claim_command(
-                        self.log.state, self.view(), self.opts.lease_ttl_s)) is not None:
+                        self.log.state, self.view(), self.opts.lease_ttl_s,
+                        ts=time.time())) is not None:
                     result = await self.log.submit(command(cmd[0], **cmd[1]))
                     job = result.get("job") if result.get("ok") else None
                     if not job:

@@ -46,8 +46,16 @@ def free_cores(view: WorkerView) -> int:
     return max(0, free)
 
 
-def claim_command(state: SwarmState, view: WorkerView, lease_ttl_s: float) -> Command | None:
-    """A claim worth proposing now, or None (a refused claim still costs a commit)."""
+def claim_command(state: SwarmState, view: WorkerView, lease_ttl_s: float,
+                  ts: float | None = None) -> Command | None:
+    """A claim worth proposing now, or None.
+
+    A refused claim still costs a commit, and every commit wakes every worker: when the
+    scheduler would answer "wait" (the job finishes sooner elsewhere, cores are kept for a
+    bigger build) two idle nodes would otherwise wake each other with refused claims many
+    times a second. With ``ts`` (the clock the claim will carry) the state's own
+    ``claim_preview`` is asked first, and only a claim it would grant is proposed.
+    """
     if len(view.running_cores) >= view.max_jobs:
         return None
     free = free_cores(view)
@@ -57,6 +65,8 @@ def claim_command(state: SwarmState, view: WorkerView, lease_ttl_s: float) -> Co
     if node is None or not node.up:
         return None
     if not any(c.profile in node.profiles and c.ready > 0 for c in state.active_cycles()):
+        return None
+    if ts is not None and state.claim_preview(view.node_id, free, ts)["cpv"] is None:
         return None
     return ("claim", {"node_id": view.node_id, "free_cores": free, "lease_ttl_s": lease_ttl_s})
 

@@ -84,7 +84,8 @@ class Worker:
                 if decisions.tree_check_due(self.node.log.state, self.cfg.node.node_id):
                     await self.node.refresh_tree_versions()
                 while (cmd := decisions.claim_command(self.node.log.state, self.view(),
-                                                      self.cfg.build.lease_ttl_s)) is not None:
+                                                      self.cfg.build.lease_ttl_s,
+                                                      ts=time.time())) is not None:
                     result = await self.node.submit(command(cmd[0], **cmd[1]))
                     job = result.get("job") if result.get("ok") else None
                     if not job:

@@ -32,12 +32,16 @@ from .records import (BLOCKED, BUILT, DISCOVERY_SOURCES, FAILED, LEASED, NONVOTE
                       READY, REMOVED, ROLES, VOTER, Artifact, Cycle, Job, Lease, Node,
                       Production, Release)
 from .fields import Bad, Fields, Result, error_result, short
-from .scheduling import (HORIZON_MARGIN, Candidate, Capacity, cores_within, critical_paths,
-                         estimate, fast_paths, learn, package_key, place, topo_order,
+from .scheduling import (HORIZON_MARGIN, Candidate, Capacity, cores_within, estimate,
+                         fast_paths, learn, one_core_seconds, package_key, place, topo_order,
                          useful_cores, wall_time)
 
 FORMAT_VERSION = 2
 DEDUP_LIMIT = 10_000
+#: Long builds not ready yet that a claim plans ahead for (see SwarmState._lookahead), and
+#: what "long" means: at least this share of the cycle's projected remaining time.
+LOOKAHEAD = 3
+LOOKAHEAD_SHARE = 0.1
 DEFAULT_CONFIG: dict[str, Any] = {
     "breaker_threshold": 5,      # consecutive failures that ground a node (the seed's figure)
     "breaker_cooldown_s": 300.0,  # how long it stays grounded before probation
@@ -54,9 +58,12 @@ class _CyclePaths:
     """A cycle's estimates and paths, derived from ``durations`` (cached until they change)."""
 
     est: dict[str, float]                 # cpv → core-seconds
-    crit: dict[str, float]                # cpv → remaining critical path in core-seconds
     keys: dict[str, list[str]]            # cat/pn → cpvs of the cycle (what a learn touches)
-    fast: dict[int, dict[str, float]] = field(default_factory=dict)  # largest node → paths
+    # largest node's cores → cpv → remaining critical path in wall seconds (fast_paths), its
+    # own wall seconds on its useful cores, and the cpvs by those, longest first
+    fast: dict[int, dict[str, float]] = field(default_factory=dict)
+    own: dict[int, dict[str, float]] = field(default_factory=dict)
+    by_own: dict[int, list[str]] = field(default_factory=dict)
 
 
 def _plural(n: int, noun: str) -> str:
@@ -84,7 +91,7 @@ class SwarmState:
         self.leases: dict[int, Lease] = {}        # fence → live lease
         self.next_fence = 1
         self.build_ids: dict[str, int] = {}       # cpv → last allocated BUILD_ID
-        self.durations: dict[str, float] = {}     # cat/pn → learned core-seconds (EWMA)
+        self.durations: dict[str, float] = {}     # cat/pn → learned one-core seconds (EWMA)
         self._releases: dict[str, Release] = {}
         self.release_order: list[str] = []        # creation order, oldest first
         self.productions: dict[str, Production] = {}
@@ -579,55 +586,24 @@ class SwarmState:
         return out
 
     def _op_claim(self, f: Fields, ts: float) -> tuple[Result, bool]:
-        """Lease the ready job with the longest remaining critical path this node may build.
+        """Lease the job this node should start now, on the cores it should get (_place).
 
-        The job dict in the result also carries ``cycle_id``, ``profile`` and ``est_core_s``.
+        Candidates are ranked by remaining critical path (a sweeper picks by its own order
+        among those it may start, see _rank). The answer may be "nothing" although jobs are
+        ready: they finish sooner on another node, or this node keeps its cores free for one
+        about to need them. The job dict in the result also carries ``cycle_id``,
+        ``profile`` and ``est_core_s``.
         """
         node_id = f.text("node_id")
         free_cores = f.integer("free_cores")
         ttl = f.number("lease_ttl_s", positive=True)
         if free_cores < 1:
             raise Bad(f"claim: free_cores must be ≥ 1 (got {free_cores}): no core to build on")
-        node = self._nodes.get(node_id)
-        if node is None:
-            return self._nothing(f"node {node_id} is not registered; register it first")
-        if not node.up:
-            return self._nothing(f"node {node_id} is marked down; it claims again once the "
-                                 "leader sees it")
-        breaker = node.breaker(ts)
-        if breaker == "grounded":
-            return self._nothing(f"node {node_id} is grounded until {node.grounded_until:.0f} "
-                                 f"after {node.consecutive_failures} consecutive failures")
-        if breaker == "probation" and any(l.node_id == node_id for l in self.leases.values()):
-            return self._nothing(f"node {node_id} is on probation: one job at a time "
-                                 "until a build succeeds")
-        ranked: list[tuple[tuple[float, float, str, int], Cycle, Job]] = []
-        any_ready = False
-        tree_block = ""  # why the first cycle skipped for its tree version was skipped
-        for pos, cyc in enumerate(self.active_cycles()):
-            any_ready = any_ready or cyc.ready > 0
-            if cyc.ready == 0 or cyc.profile not in node.profiles:
-                continue
-            if cyc.tree_version and node.tree_versions.get(cyc.profile) != cyc.tree_version:
-                tree_block = tree_block or self._tree_mismatch(node, cyc)
-                continue
-            crit = self._critical(cyc)
-            for cpv in cyc.cpvs_in(READY):
-                job = cyc.jobs[cpv]
-                ranked.append((self._rank(False, job, crit, pos), cyc, job))
-        if not any(node_id not in job.failed_nodes for _, _, job in ranked):
-            if not any_ready:
-                return self._nothing("nothing ready to build")
-            if tree_block:
-                return self._nothing(f"no ready job node {node_id} can take: {tree_block}")
-            return self._nothing(f"no ready job node {node_id} can take (profiles, "
-                                 "or it failed them before)")
-        ranked.sort(key=lambda r: r[0])
-        placed = self._place(node, free_cores, ranked, ts)
-        if isinstance(placed, str):
-            return self._nothing(f"node {node_id} waits: {placed}")
-        cyc, job, cores = placed
-        if breaker == "probation":
+        choice = self._choose(node_id, free_cores, ts)
+        if isinstance(choice, str):
+            return self._nothing(choice)
+        node, cyc, job, cores = choice
+        if node.breaker(ts) == "probation":
             node.grounded_until, node.probation = None, True
         est = estimate(self.durations, job.cpv)
         # BUILD_IDs are allocated here, in one place, so builders never collide; an id whose
@@ -648,6 +624,62 @@ class SwarmState:
         return {"ok": True, "job": {**brief, "cycle_id": cyc.id, "profile": cyc.profile,
                                     "est_core_s": est},
                 "lease": lease.to_dict()}, True
+
+    def claim_preview(self, node_id: str, free_cores: int, ts: float) -> dict[str, Any]:
+        """What a ``claim`` by ``node_id`` with ``free_cores`` at ``ts`` would get, without
+        claiming: ``{"cpv", "cycle_id", "cores"}``, or ``{"cpv": None, "reason"}``.
+
+        A claim may get nothing although jobs are ready (see _op_claim), and every proposed
+        claim is a Raft commit that wakes every node: a worker should ask this first and
+        propose only when it answers a job.
+        """
+        if free_cores < 1:
+            return {"cpv": None, "reason": "no free core"}
+        choice = self._choose(node_id, free_cores, ts)
+        if isinstance(choice, str):
+            return {"cpv": None, "reason": choice}
+        _, cyc, job, cores = choice
+        return {"cpv": job.cpv, "cycle_id": cyc.id, "cores": cores}
+
+    def _choose(self, node_id: str, free_cores: int,
+                ts: float) -> tuple[Node, Cycle, Job, int] | str:
+        """The job and cores a claim gives (changes nothing), or why there is none."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return f"node {node_id} is not registered; register it first"
+        if not node.up:
+            return f"node {node_id} is marked down; it claims again once the leader sees it"
+        breaker = node.breaker(ts)
+        if breaker == "grounded":
+            return (f"node {node_id} is grounded until {node.grounded_until:.0f} "
+                    f"after {node.consecutive_failures} consecutive failures")
+        if breaker == "probation" and any(l.node_id == node_id for l in self.leases.values()):
+            return f"node {node_id} is on probation: one job at a time until a build succeeds"
+        ranked: list[tuple[tuple[float, float, str, int], Cycle, Job]] = []
+        any_ready = False
+        tree_block = ""  # why the first cycle skipped for its tree version was skipped
+        for pos, cyc in enumerate(self.active_cycles()):
+            any_ready = any_ready or cyc.ready > 0
+            if cyc.ready == 0 or cyc.profile not in node.profiles:
+                continue
+            if cyc.tree_version and node.tree_versions.get(cyc.profile) != cyc.tree_version:
+                tree_block = tree_block or self._tree_mismatch(node, cyc)
+                continue
+            crit = self._fast(cyc, max(n.cores for n in [node, *self._builders(cyc, ts)]))
+            for cpv in cyc.cpvs_in(READY):
+                job = cyc.jobs[cpv]
+                ranked.append((self._rank(False, job, crit, pos), cyc, job))
+        if not any(node_id not in job.failed_nodes for _, _, job in ranked):
+            if not any_ready:
+                return "nothing ready to build"
+            if tree_block:
+                return f"no ready job node {node_id} can take: {tree_block}"
+            return f"no ready job node {node_id} can take (profiles, or it failed them before)"
+        ranked.sort(key=lambda r: r[0])
+        placed = self._place(node, free_cores, ranked, ts)
+        if isinstance(placed, str):
+            return f"node {node_id} waits: {placed}"
+        return (node, *placed)
 
     @staticmethod
     def _nothing(reason: str) -> tuple[Result, bool]:
@@ -680,18 +712,13 @@ class SwarmState:
     def _paths(self, cyc: Cycle) -> _CyclePaths:
         cached = self._crit.get(cyc.id)
         if cached is None:
-            deps = {c: j.deps for c, j in cyc.jobs.items()}
-            dependents = {c: j.dependents for c, j in cyc.jobs.items()}
             est = {c: estimate(self.durations, c) for c in cyc.jobs}
             keys: dict[str, list[str]] = {}
             for cpv in cyc.jobs:
                 keys.setdefault(package_key(cpv), []).append(cpv)
-            cached = _CyclePaths(est=est, crit=critical_paths(deps, dependents, est), keys=keys)
+            cached = _CyclePaths(est=est, keys=keys)
             self._crit[cyc.id] = cached
         return cached
-
-    def _critical(self, cyc: Cycle) -> dict[str, float]:
-        return self._paths(cyc).crit
 
     def _fast(self, cyc: Cycle, max_cores: int) -> dict[str, float]:
         paths = self._paths(cyc)
@@ -699,6 +726,10 @@ class SwarmState:
             paths.fast[max_cores] = fast_paths(
                 {c: j.deps for c, j in cyc.jobs.items()},
                 {c: j.dependents for c, j in cyc.jobs.items()}, paths.est, max_cores)
+            own = {c: wall_time(e, min(useful_cores(e), max_cores))
+                   for c, e in paths.est.items()}
+            paths.own[max_cores] = own
+            paths.by_own[max_cores] = sorted(own, key=lambda c: (-own[c], c))
         return paths.fast[max_cores]
 
     def _builders(self, cyc: Cycle, ts: float) -> list[Node]:
@@ -712,13 +743,17 @@ class SwarmState:
                      or n.tree_versions.get(cyc.profile) == cyc.tree_version)]
 
     def _predicted_end(self, lease: Lease, ts: float) -> float:
-        """When a running build should end (never before ``ts`` + 1 s: one that overran its
-        estimate ends at any moment, as far as anyone knows)."""
+        """When a running build should end. One that overran its estimate is given half its
+        overrun again (at least 1 s): a build stuck for hours must not look about to free its
+        node, which would keep others waiting for that node."""
         cyc = self.cycles.get(lease.cycle_id)
         est = self._paths(cyc).est.get(lease.cpv) if cyc else None
         if est is None:
             est = estimate(self.durations, lease.cpv)
-        return max(ts + 1.0, lease.started_at + wall_time(est, lease.cores))
+        end = lease.started_at + wall_time(est, lease.cores)
+        if end > ts:
+            return end
+        return ts + max(1.0, 0.5 * (ts - end))
 
     def _place(self, node: Node, free: int,
                ranked: list[tuple[tuple[float, float, str, int], Cycle, Job]],
@@ -729,41 +764,46 @@ class SwarmState:
         it still ends within HORIZON_MARGIN of the cycle's projected remaining time — the
         longer of its critical path (every job on its useful cores on the largest node) and
         its remaining work spread over every core that serves it. Jobs on the critical path
-        get all the cores they can use; jobs with slack get few, which wastes least (builds
-        do not speed up linearly). :func:`scheduling.place` then decides where each goes.
+        get all the cores they can use; jobs with slack get fewer, which wastes less (builds
+        do not speed up linearly). :func:`scheduling.place` then decides where each goes,
+        with the long builds of the critical path that are not ready yet (_lookahead) first.
         """
         ends = {f: self._predicted_end(l, ts) for f, l in sorted(self.leases.items())}
+        ending = {(l.cycle_id, l.cpv): ends[f] for f, l in self.leases.items()}
+        entries: list[tuple[tuple[float, float, str, int], Cycle, Job, float]] = []
         builders: dict[str, Node] = {}
         want: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {}
-        for cyc in {id(c): c for _, c, _ in ranked}.values():
+        for pos, cyc in enumerate(self.active_cycles()):
+            if not any(c is cyc for _, c, _ in ranked):
+                continue
             nodes = self._builders(cyc, ts)
             if node not in nodes:
                 nodes.append(node)
             builders.update((n.node_id, n) for n in nodes)
             max_cores = max(n.cores for n in nodes)
             paths, fast = self._paths(cyc), self._fast(cyc, max_cores)
-
-            def own(cpv: str) -> float:
-                est = paths.est[cpv]
-                return wall_time(est, min(useful_cores(est), max_cores))
-
+            own = paths.own[max_cores].__getitem__
             critical = max(fast[c] for c in cyc.cpvs_in(READY))
-            work = [paths.est[c] for s in (READY, PLANNED) for c in cyc.cpvs_in(s)]
-            for fence, lease in self.leases.items():
-                if lease.cycle_id == cyc.id and lease.cpv in fast:
-                    left = max(0.0, ends[fence] - ts)
-                    critical = max(critical, left + fast[lease.cpv] - own(lease.cpv))
-                    span = max(1e-9, ends[fence] - lease.started_at)
-                    work.append(paths.est[lease.cpv] * min(1.0, left / span))
+            ready_best = critical
+            work = [paths.est[c] for c, j in cyc.jobs.items() if j.state in (READY, PLANNED)]
+            for cpv in cyc.cpvs_in(LEASED):
+                end = ending.get((cyc.id, cpv), ts)
+                critical = max(critical, end - ts + fast[cpv] - own(cpv))
+                took = wall_time(paths.est[cpv], cyc.jobs[cpv].cores_used or 1)
+                work.append(paths.est[cpv] * min(1.0, (end - ts) / max(1e-9, took)))
             horizon = max(critical, math.fsum(work) / sum(n.cores for n in nodes))
-            for _, c, job in ranked:
-                if c is cyc:
+            entries += self._lookahead(cyc, pos, ts, ending, max_cores, ready_best,
+                                       LOOKAHEAD_SHARE * horizon)
+            entries += [(k, c, j, ts) for k, c, j in ranked if c is cyc]
+            for _, c, job, _ in entries:
+                if c is cyc and (cyc.id, job.cpv) not in want:
                     est, tail = paths.est[job.cpv], fast[job.cpv] - own(job.cpv)
                     cores = cores_within(est, HORIZON_MARGIN * horizon - tail,
                                          min(useful_cores(est), max_cores))
                     allowed = tuple(n.node_id for n in nodes
                                     if n.node_id not in job.failed_nodes)
                     want[(cyc.id, job.cpv)] = (cores, allowed)
+        entries.sort(key=lambda e: e[0])
         capacity: dict[str, Capacity] = {}
         for node_id, n in sorted(builders.items()):
             capacity[node_id] = cap = Capacity(n.cores, n.slots)
@@ -771,24 +811,74 @@ class SwarmState:
                 if lease.node_id == node_id:
                     cap.book(lease.started_at, ends[fence], lease.cores)
         mine = capacity[node.node_id]
-        held = sum(c for s, e, c in mine.busy if s <= ts < e)
+        held = sum(c for s, e, c, _ in mine.busy if s <= ts < e)
         mine.cores = max(mine.cores, held + free)
         if mine.cores - held > free:  # what this node's own view says is not ours to use
             mine.book(ts, math.inf, mine.cores - held - free)
-        cands = [Candidate(job.cpv, self._paths(cyc).est[job.cpv], *want[(cyc.id, job.cpv)])
-                 for _, cyc, job in ranked]
+        cands = [Candidate(job.cpv, self._paths(cyc).est[job.cpv], *want[(cyc.id, job.cpv)],
+                           release=release)
+                 for _, cyc, job, release in entries]
         order = {cyc.id: pos for pos, cyc in enumerate(self.active_cycles())}
 
         def sweeper_key(i: int) -> tuple[float, float, str, int]:
-            _, cyc, job = ranked[i]
+            _, cyc, job, _ = entries[i]
             return self._rank(True, job, {}, order[cyc.id])
 
         decision = place(cands, node.node_id, capacity, ts,
                          prefer=sweeper_key if node.sweeper else None)
         if decision.index is None:
             return decision.reason
-        _, cyc, job = ranked[decision.index]
+        _, cyc, job, _ = entries[decision.index]
         return cyc, job, decision.cores
+
+    def _lookahead(self, cyc: Cycle, pos: int, ts: float, ending: dict[tuple[str, str], float],
+                   max_cores: int, ready_best: float,
+                   long_s: float) -> list[tuple[tuple[float, float, str, int], Cycle, Job, float]]:
+        """Long builds, not ready yet, on a longer path than any ready job (the critical path
+        runs through them): each with the time its dependencies should be built by
+        (``release``), so a claim does not give their node to a less critical long build."""
+        paths = self._paths(cyc)
+        fast, own = paths.fast[max_cores], paths.own[max_cores].__getitem__
+        finish: dict[str, float] = {}
+
+        def done_by(cpv: str) -> float:  # when cpv should be built, its ancestors first
+            stack = [cpv]
+            while stack:
+                c = stack[-1]
+                if c in finish:
+                    stack.pop()
+                    continue
+                job = cyc.jobs[c]
+                if job.state == LEASED:
+                    finish[c] = ending.get((cyc.id, c), ts)
+                elif job.state == READY:
+                    finish[c] = ts + own(c)
+                elif job.state != PLANNED:
+                    finish[c] = ts
+                else:
+                    todo = [d for d in job.deps if d not in finish]
+                    if todo:
+                        stack.extend(todo)
+                        continue
+                    finish[c] = max(finish[d] for d in job.deps) + own(c)
+                stack.pop()
+            return finish[cpv]
+
+        found = []
+        looked = 0
+        for cpv in paths.by_own[max_cores]:  # the longest few: those whose node matters most
+            if own(cpv) < long_s or looked >= 4 * LOOKAHEAD:
+                break
+            job = cyc.jobs[cpv]
+            if job.state != PLANNED:
+                continue
+            looked += 1
+            release = max((done_by(d) for d in job.deps), default=ts)
+            if release - ts + fast[cpv] > ready_best:
+                found.append((ts - release - fast[cpv], cpv, release))
+        found.sort()
+        return [((-1.0, key, cpv, pos), cyc, cyc.jobs[cpv], release)
+                for key, cpv, release in found[:LOOKAHEAD]]
 
     def _learn(self, key: str, core_seconds: float) -> None:
         """Update an estimate; drop cached paths only where an unbuilt job uses it.
@@ -886,7 +976,7 @@ class SwarmState:
             self._by_sha.setdefault(sha, []).append(job.artifact)
             job.error = ""
             cyc.set_state(job, BUILT)
-            self._learn(package_key(cpv), duration * lease.cores)
+            self._learn(package_key(cpv), one_core_seconds(duration, lease.cores))
             node.consecutive_failures, node.grounded_until, node.probation = 0, None, False
             ready = [d for d in job.dependents if cyc.jobs[d].state == PLANNED
                      and all(cyc.jobs[x].state == BUILT for x in cyc.jobs[d].deps)]

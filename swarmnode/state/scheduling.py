@@ -1,8 +1,16 @@
-"""Scheduling policy: duration estimates, critical-path priority, core allocation.
+"""Scheduling policy: duration estimates, critical-path priority, core allocation, placement.
 
 Pure functions of their arguments (no clock, no I/O) so every replica and the simulator rank
-jobs identically. Durations are in *core-seconds* (wall seconds × cores used): that is what a
-package costs whatever share of a machine it gets, so it transfers between nodes.
+and place jobs identically. Estimates are *core-seconds*: what a build costs on one core, the
+same whatever share of a machine it later gets, so it transfers between nodes.
+
+A claim (see ``SwarmState._op_claim``) ranks ready jobs by their remaining critical path in
+wall seconds, gives each the cores its chain needs to end within the cycle's projected time
+(:func:`cores_within`, at most :func:`useful_cores`), and then list-schedules them over the
+predicted occupation of every node (:func:`place`): a long build goes where it finishes
+first, and a node keeps cores free for one that is about to need them rather than start a
+build that would be in its way. ``simulation/bench/README.md`` ("Scheduling bench") shows what
+each part is worth.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ def package_key(cpv: str) -> str:
 
 
 def estimate(durations: Mapping[str, float], cpv: str) -> float:
-    """Learned core-seconds for the package of ``cpv``, or the default for unknown packages."""
+    """Learned core-seconds (one-core time, see :func:`one_core_seconds`) for the package of
+    ``cpv``, or the default for unknown packages."""
     return durations.get(package_key(cpv), DEFAULT_CORE_SECONDS)
 
 
@@ -48,7 +57,8 @@ def learn(previous: float | None, sample: float) -> float:
 
 
 def allocate_cores(est_core_seconds: float, free_cores: int) -> int:
-    """``clamp(ceil(est / 120), 1, free_cores)``: parallelism where it shortens the critical path."""
+    """``clamp(ceil(est / 120), 1, free_cores)``: the most cores a build is given
+    (:func:`useful_cores`) within what is free."""
     want = math.ceil(est_core_seconds / CORE_SECONDS_PER_CORE)
     return max(1, min(want, free_cores))
 
@@ -108,7 +118,16 @@ SERIAL_S = 45.0
 SERIAL_SHARE = 0.03
 #: A job's path must fit this share of the cycle's projected remaining time: the margin that
 #: absorbs queueing and estimate errors before the job turns into the tail.
-HORIZON_MARGIN = 0.8
+HORIZON_MARGIN = 0.5
+#: Cores held for a long build that is not ready yet are only held from this share of its
+#: duration after its predicted release: a shorter build ending by then delays it little.
+SOFT_GRACE = 0.05
+#: A start predicted for later is counted this much later again when choosing where a job
+#: goes: predictions of when running builds end are rough, and waiting leaves cores idle.
+WAIT_DOUBT = 0.5
+#: Jobs a claim places on other nodes or later before it only looks for one that fits here
+#: now: beyond a few dozen the predicted schedule is too uncertain to be worth its cost.
+PLAN_DEPTH = 32
 
 
 def serial_part(est: float) -> float:
@@ -120,6 +139,16 @@ def wall_time(est: float, cores: int) -> float:
     """Predicted wall seconds of a build of ``est`` core-seconds on ``cores`` cores."""
     serial = serial_part(est)
     return serial + (est - serial) / max(1, cores)
+
+
+def one_core_seconds(wall: float, cores: int) -> float:
+    """What a build that took ``wall`` seconds on ``cores`` cores costs on one (the inverse
+    of :func:`wall_time`), so estimates learned at any core count compare. ``wall × cores``
+    would overstate it: the serial part does not shrink with more cores."""
+    cores = max(1, cores)
+    if wall <= SERIAL_S / (1.0 - SERIAL_SHARE):  # all serial
+        return wall
+    return (wall - SERIAL_S + SERIAL_S / cores) / (SERIAL_SHARE + (1.0 - SERIAL_SHARE) / cores)
 
 
 def useful_cores(est: float) -> int:
@@ -146,62 +175,73 @@ def fast_paths(deps: Mapping[str, Sequence[str]], dependents: Mapping[str, Itera
 
 class Capacity:
     """One node's cores over (predicted) time, as a claim sees it: which builds hold how many
-    cores until when. Answers "when could a build of c cores for d seconds start here?"."""
+    cores until when. Answers "when could a build of c cores for d seconds start here?".
+
+    *Soft* bookings hold cores for a long build that is not ready yet, from a little after its
+    predicted release (SOFT_GRACE): a build that would overlap them goes elsewhere or waits,
+    but no node ever waits idle for the soft booking itself (when a build becomes ready is
+    the roughest prediction of all). ``free_at`` leaves them out unless asked.
+    """
 
     def __init__(self, cores: int, slots: int) -> None:
         self.cores = cores
         self.slots = slots            # builds at once; 0 = no limit but the cores
-        self.busy: list[tuple[float, float, int]] = []   # (start, end, cores)
+        self.busy: list[tuple[float, float, int, bool]] = []   # (start, end, cores, soft)
 
-    def book(self, start: float, end: float, cores: int) -> None:
-        self.busy.append((start, end, cores))
+    def copy(self) -> Capacity:
+        twin = Capacity(self.cores, self.slots)
+        twin.busy = list(self.busy)
+        return twin
 
-    def _load(self, x: float) -> tuple[int, int]:
-        """(cores used, builds running) at time ``x``."""
-        held = [c for s, e, c in self.busy if s <= x < e]
+    def book(self, start: float, end: float, cores: int, soft: bool = False) -> None:
+        self.busy.append((start, end, cores, soft))
+
+    @property
+    def share(self) -> int:
+        """Cores per slot: what every build here should get at least, or the slot limit
+        leaves cores idle (1 without a slot limit)."""
+        return max(1, self.cores // self.slots) if self.slots else 1
+
+    def _load(self, x: float, soft: bool) -> tuple[int, int]:
+        """(cores used, builds running) at time ``x``, soft bookings counted if ``soft``."""
+        held = [c for s, e, c, f in self.busy if s <= x < e and (soft or not f)]
         return sum(held), len(held)
 
-    def free_at(self, x: float) -> int:
+    def free_at(self, x: float, soft: bool = False) -> int:
         """Cores a new build could get at ``x`` (0 if every slot is taken)."""
-        used, running = self._load(x)
+        used, running = self._load(x, soft)
         if self.slots and running >= self.slots:
             return 0
         return max(0, self.cores - used)
 
-    def share_at(self, x: float) -> int:
-        """The free cores at ``x`` divided among the free slots (1 without a slot limit)."""
-        used, running = self._load(x)
-        if not self.slots or running >= self.slots:
-            return 1
-        return max(1, (self.cores - used) // (self.slots - running))
-
-    def fits(self, t: float, duration: float, cores: int) -> bool:
+    def fits(self, t: float, duration: float, cores: int, soft: bool = False) -> bool:
         end = t + duration
-        for x in [t] + [s for s, _, _ in self.busy if t < s < end]:
-            used, running = self._load(x)
+        for x in [t] + [s for s, _, _, f in self.busy if t < s < end and (soft or not f)]:
+            used, running = self._load(x, soft)
             if used + cores > self.cores or (self.slots and running >= self.slots):
                 return False
         return True
 
-    def earliest(self, cores: int, duration: float, now: float) -> float:
+    def earliest(self, cores: int, duration: float, now: float, soft: bool = False) -> float:
         """Earliest start ≥ now with ``cores`` free for ``duration`` and a free slot
         (``math.inf`` if the node is too small)."""
         if cores > self.cores:
             return math.inf
-        for t in sorted({now} | {e for _, e, _ in self.busy if e > now}):
-            if self.fits(t, duration, cores):
+        for t in sorted({now} | {e for _, e, _, f in self.busy if e > now and (soft or not f)}):
+            if self.fits(t, duration, cores, soft):
                 return t
         return math.inf
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A ready job as a claim weighs it (candidates arrive in critical-path order)."""
+    """A job as a claim weighs it (candidates arrive in priority order)."""
 
     cpv: str
-    est: float                    # core-seconds
+    est: float                    # core-seconds on one core
     want: int                     # cores it should get (already capped by the largest node)
     nodes: tuple[str, ...]        # nodes that may build it (up, serving, not failed there)
+    release: float = -math.inf    # not ready yet: its dependencies should be built by then
 
 
 @dataclass(frozen=True)
@@ -215,52 +255,70 @@ class Placement:
 
 def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capacity],
           now: float, prefer: Callable[[int], Any] | None = None) -> Placement:
-    """What node ``me`` should start now: list scheduling of the ready jobs, most critical
-    first, over the predicted occupation of every node (``capacity``, booked as it goes).
+    """What node ``me`` should start now: list scheduling of the candidates in priority
+    order over the predicted occupation of every node (``capacity``, booked as it goes).
 
-    A job whose wanted cores are free here now starts here (with the node's fair share of
-    its free cores, if that is more: cores left idle behind a slot limit help no one). Any
-    other goes where it would finish first — on another node (whose time is then booked),
-    later here (the node keeps those cores free for it: from then on it only starts builds
-    that end before), or here now on fewer cores, if that still finishes first. Ties go to
-    ``me``. An ordinary node takes the first job the schedule starts here. A node with its
-    own order (``prefer``: smallest key first, the sweeper) picks by it among every job that
-    fits here now, except those the schedule gives another node later (big jobs waiting
-    for a bigger node), and never on cores it keeps free for a later one.
+    A ready job whose wanted cores are free here now starts here (with at least the node's
+    cores per slot, if free: cores left idle behind a slot limit help no one). Any other
+    goes where it would finish first — on another node (whose time is then booked), later
+    here (the node keeps those cores free for it: meanwhile it only starts builds that end
+    before), or here now on fewer cores, if that still finishes first. A wait counts
+    WAIT_DOUBT extra. Ties go to ``me``. A candidate not ready yet (``release`` in the
+    future) only books its best node softly (see :class:`Capacity`); no node waits for it.
+
+    An ordinary node takes the first job the schedule starts here. A node with its own
+    order (``prefer``: smallest key first, the sweeper) picks by it among every ready job
+    that fits here now, except those the schedule gives another node later (big jobs
+    waiting for a bigger node), and never on cores it keeps free for a later one.
     """
     mine = capacity[me]
-    held = Capacity(mine.cores, mine.slots)       # this node without the builds started now
-    held.busy = list(mine.busy)
+    held = mine.copy()                            # this node without the builds started now
     starts: list[tuple[int, int]] = []
     later_elsewhere: set[int] = set()
     reserved: tuple[float, str] | None = None     # (start, cpv) of the build this node awaits
+    planned = 0
     for i, cand in enumerate(candidates):
-        free = mine.free_at(now) if me in cand.nodes else 0
-        if cand.want <= free and mine.fits(now, wall_time(cand.est, cand.want), cand.want):
+        if prefer is not None and mine.free_at(now) == 0:
+            break
+        ready = cand.release <= now
+        soft = True                               # every build keeps off soft bookings
+        free = mine.free_at(now, soft) if me in cand.nodes and ready else 0
+        wall = wall_time(cand.est, cand.want)
+        if cand.want <= free and mine.fits(now, wall, cand.want, soft):
             cores = cand.want
-            if reserved is None:
-                more = max(cores, min(mine.share_at(now), free))
-                if mine.fits(now, wall_time(cand.est, more), more):
-                    cores = more
+            more = max(cores, min(mine.share, free))
+            if more > cores and mine.fits(now, wall_time(cand.est, more), more, soft):
+                cores = more
             mine.book(now, now + wall_time(cand.est, cores), cores)
             starts.append((i, cores))
             if prefer is None:
                 break
             continue
-        options: list[tuple[float, int, str, float, int]] = []  # (finish, rank, node, start, c)
-        if 1 <= free < cand.want and mine.fits(now, wall_time(cand.est, free), free):
+        if planned >= PLAN_DEPTH:
+            continue
+        planned += 1
+        options: list[tuple[float, int, str, float, int]] = []  # (score, rank, node, start, c)
+        if cand.want // 2 <= free < cand.want and free >= 1 \
+                and mine.fits(now, wall_time(cand.est, free), free, soft):
             options.append((now + wall_time(cand.est, free), 0, me, now, free))
+        begin = max(now, cand.release)
         for rank, node_id in enumerate(sorted(cand.nodes, key=lambda n: (n != me, n)), 1):
             cap = capacity.get(node_id)
             if cap is None:
                 continue
             cores = min(cand.want, cap.cores)
-            start = cap.earliest(cores, wall_time(cand.est, cores), now)
+            start = cap.earliest(cores, wall_time(cand.est, cores), begin, soft)
             if start < math.inf:
-                options.append((start + wall_time(cand.est, cores), rank, node_id, start, cores))
+                score = start + wall_time(cand.est, cores) + WAIT_DOUBT * (start - begin)
+                options.append((score, rank, node_id, start, cores))
         if not options:
             continue
-        finish, _, node_id, start, cores = min(options)
+        _, _, node_id, start, cores = min(options)
+        finish = start + wall_time(cand.est, cores)
+        if not ready:  # held softly, and only from a little after its predicted release
+            grace = SOFT_GRACE * (finish - start)
+            capacity[node_id].book(start + grace, finish, cores, soft=True)
+            continue
         capacity[node_id].book(start, finish, cores)
         if node_id != me:
             if start > now:
@@ -278,9 +336,11 @@ def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capac
         chosen = {i for i, _ in starts}
         for i, cand in enumerate(candidates):
             if i not in chosen and i not in later_elsewhere and me in cand.nodes \
-                    and cand.want <= free \
-                    and held.fits(now, wall_time(cand.est, cand.want), cand.want):
-                starts.append((i, cand.want))
+                    and cand.release <= now and cand.want <= free \
+                    and held.fits(now, wall_time(cand.est, cand.want), cand.want, True):
+                more = max(cand.want, min(held.share, free))
+                fits = held.fits(now, wall_time(cand.est, more), more, True)
+                starts.append((i, more if fits else cand.want))
         if starts:
             i, cores = min(starts, key=lambda s: prefer(s[0]))
             return Placement(i, cores)

@@ -1,0 +1,161 @@
+"""Workload files (the format of ``shared/data/workloads/desktop.json``) and fleet strings.
+
+Both are user input, so every problem is a :class:`BenchInputError` with one line that names
+the offending entry; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarmnode.state.scheduling import package_key, topo_order
+
+#: Jobs get made-up but stable cpvs: ``bench/<name>-1.0`` (the state machine learns per cat/pn).
+CATEGORY = "bench"
+VERSION = "1.0"
+
+
+class BenchInputError(ValueError):
+    """Bad bench input: the message is the whole explanation, shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    duration_s: float          # wall seconds measured with ~4 cores (see model.py)
+    deps: tuple[str, ...]      # only names that are packages of the workload, sorted
+    installed_kib: float
+    index: int                 # position in the file: emerge order breaks ties with it
+
+    @property
+    def cpv(self) -> str:
+        return f"{CATEGORY}/{self.name}-{VERSION}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    sha256: str                # of the file's bytes: which workload a result is about
+    packages: tuple[Package, ...]
+    ignored_deps: int          # deps naming packages not in the file (ignored, as documented)
+
+    def by_name(self) -> dict[str, Package]:
+        return {p.name: p for p in self.packages}
+
+    def dependents(self) -> dict[str, list[str]]:
+        """name → names that depend on it (file order)."""
+        out: dict[str, list[str]] = {p.name: [] for p in self.packages}
+        for p in self.packages:
+            for d in p.deps:
+                out[d].append(p.name)
+        return out
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node_id: str
+    cores: int
+    sweeper: bool
+
+
+def _number(raw: dict[str, Any], key: str, where: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise BenchInputError(f"{where}: '{key}' must be a number ≥ 0 (got {value!r})")
+    return float(value)
+
+
+def parse_workload(data: Any, name: str, sha256: str) -> Workload:
+    """Validate a decoded workload; deps on unknown packages are dropped, cycles refused."""
+    if not isinstance(data, dict) or not isinstance(data.get("packages"), list):
+        raise BenchInputError(f"workload {name}: expected {{\"packages\": [...]}}")
+    raw_pkgs: list[Any] = data["packages"]
+    if not raw_pkgs:
+        raise BenchInputError(f"workload {name}: 'packages' is empty")
+    names: dict[str, int] = {}
+    for i, raw in enumerate(raw_pkgs):
+        if not isinstance(raw, dict):
+            raise BenchInputError(f"workload {name}: packages[{i}] must be an object")
+        pname = raw.get("name")
+        if not isinstance(pname, str) or not pname or "/" in pname \
+                or any(c.isspace() for c in pname):
+            raise BenchInputError(f"workload {name}: packages[{i}] has a bad 'name' "
+                                  f"{pname!r} (non-empty, no '/' or spaces)")
+        if pname in names:
+            raise BenchInputError(f"workload {name}: package {pname!r} is listed twice "
+                                  f"(packages[{names[pname]}] and [{i}])")
+        names[pname] = i
+    pkgs: list[Package] = []
+    ignored = 0
+    for i, raw in enumerate(raw_pkgs):
+        where = f"workload {name}: package {raw['name']!r}"
+        deps = raw.get("deps", [])
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            raise BenchInputError(f"{where}: 'deps' must be a list of names")
+        known = sorted({d for d in deps if d in names and d != raw["name"]})
+        ignored += sum(1 for d in deps if d not in names)
+        if raw["name"] in deps:
+            raise BenchInputError(f"{where}: depends on itself (a dependency cycle)")
+        pkg = Package(name=raw["name"], duration_s=_number(raw, "duration_s", where),
+                      deps=tuple(known), installed_kib=_number(raw, "installed_kib", where),
+                      index=i)
+        if package_key(pkg.cpv) != f"{CATEGORY}/{pkg.name}":
+            raise BenchInputError(f"{where}: name cannot be made into a cpv")
+        pkgs.append(pkg)
+    _, stuck = topo_order({p.name: p.deps for p in pkgs})
+    if stuck:
+        loop = find_cycle({p.name: p.deps for p in pkgs}, stuck)
+        raise BenchInputError(f"workload {name}: dependency cycle {' → '.join(loop)} "
+                              f"({len(stuck)} packages are on or behind a cycle)")
+    return Workload(name=name, sha256=sha256, packages=tuple(pkgs), ignored_deps=ignored)
+
+
+def find_cycle(deps: dict[str, tuple[str, ...]], stuck: list[str]) -> list[str]:
+    """One concrete cycle among ``stuck`` (what the user has to break), first node repeated."""
+    inside = set(stuck)
+    node = stuck[0]
+    seen: dict[str, int] = {}
+    path: list[str] = []
+    while node not in seen:  # every stuck node has a stuck dep: walking must loop
+        seen[node] = len(path)
+        path.append(node)
+        node = next(d for d in deps[node] if d in inside)
+    return path[seen[node]:] + [node]
+
+
+def load_workload(path: Path) -> Workload:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BenchInputError(f"cannot read workload {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BenchInputError(f"workload {path} is not valid JSON: {exc}") from None
+    return parse_workload(data, path.stem, hashlib.sha256(raw).hexdigest())
+
+
+def parse_fleet(text: str) -> list[NodeSpec]:
+    """``16,8,14,24,8s`` → nodes n01..: cores per node, ``s`` marks a sweeper."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise BenchInputError(f"bad fleet {text!r}: expected cores per node, comma-separated, "
+                              "e.g. 16,8,14,24,8s")
+    width = max(2, len(str(len(parts))))
+    out: list[NodeSpec] = []
+    for i, part in enumerate(parts, 1):
+        sweeper = part.lower().endswith("s")
+        digits = part[:-1] if sweeper else part
+        if not digits.isdigit() or int(digits) < 1:
+            raise BenchInputError(f"bad fleet entry {part!r} in {text!r}: expected a core count "
+                                  "≥ 1, optionally followed by 's' (sweeper), e.g. 8s")
+        out.append(NodeSpec(node_id=f"n{i:0{width}d}", cores=int(digits), sweeper=sweeper))
+    return out
+
+
+def fleet_string(fleet: list[NodeSpec]) -> str:
+    return ",".join(f"{n.cores}{'s' if n.sweeper else ''}" for n in fleet)

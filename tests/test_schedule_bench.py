@@ -1,0 +1,400 @@
+"""`python -m simulation bench`: the duration model, the bound, the reference policy, the CLI,
+and the placement rules of the real scheduler that the bench measures."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.dom.minidom
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulation.__main__ import main
+from simulation.schedule.bench import BenchConfig, run_bench
+from simulation.schedule.bounds import lower_bound
+from simulation.schedule.model import SerialParams, build_model, duration, serial_fraction
+from simulation.schedule.reference import emerge_order, simulate_reference
+from simulation.schedule.swarm import SwarmSettings
+from simulation.schedule.synth import generate
+from simulation.schedule.timeline import makespan
+from simulation.schedule.workload import (BenchInputError, Package, parse_fleet,
+                                          parse_workload)
+from swarmnode.state import SwarmState
+from swarmnode.state.scheduling import Candidate, Capacity, one_core_seconds, place, wall_time
+
+# beside the project, as every checkout and CI run has it (see ../shared/README.md)
+DESKTOP = Path(__file__).resolve().parents[2] / "shared" / "data" / "workloads" / "desktop.json"
+
+
+def workload(pkgs: list[tuple[str, float, list[str]]], kib: float = 500.0) -> Any:
+    doc = {"packages": [{"name": n, "duration_s": d, "deps": deps, "installed_kib": kib}
+                        for n, d, deps in pkgs]}
+    return parse_workload(doc, "tiny", "0" * 64)
+
+
+def write(tmp_path: Path, name: str, doc: Any) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+# ---------------------------------------------------------------------------- the model
+
+def test_duration_is_the_measurement_at_four_cores_and_shrinks_with_more() -> None:
+    for serial in (0.05, 0.5, 0.9):
+        assert duration(100.0, serial, 4) == pytest.approx(100.0)
+        times = [duration(100.0, serial, c) for c in range(1, 33)]
+        assert all(a > b for a, b in zip(times, times[1:]))
+        assert times[-1] > serial * 100.0  # never below the serial part
+
+
+def test_serial_fraction_small_packages_serial_big_ones_parallel() -> None:
+    params = SerialParams()
+    tiny = Package("tiny", 14.0, (), 73.0, 0)
+    median = Package("median", 41.0, (), 604.0, 1)
+    huge = Package("huge", 27727.0, (), 356778.0, 2)
+    fractions = [serial_fraction(p, params) for p in (tiny, median, huge)]
+    assert fractions[0] == pytest.approx(params.serial_max)
+    assert 0.75 < fractions[1] < params.serial_max
+    assert fractions[2] == pytest.approx(params.serial_min)
+    assert fractions[0] > fractions[1] > fractions[2]
+
+
+def test_every_serial_fraction_of_desktop_is_within_bounds() -> None:
+    from simulation.schedule.workload import load_workload
+    model = build_model(load_workload(DESKTOP))
+    assert all(0.05 - 1e-9 <= s <= 0.9 + 1e-9 for s in model.serial.values())
+
+
+def test_override_file_sets_parameters_and_single_packages() -> None:
+    w = workload([("a", 100.0, []), ("b", 100.0, [])])
+    model = build_model(w, {"default": {"serial_max": 0.6, "serial_min": 0.6},
+                            "packages": {"b": 0.25, "not-in-this-workload": 0.5}})
+    assert model.serial == {"a": pytest.approx(0.6), "b": 0.25}
+    assert model.overrides == {"b": 0.25}
+    assert model.duration("b", 8) == pytest.approx(100.0 * (0.25 + 0.75 * 4 / 8))
+    for bad in ({"default": {"serial_max": "x"}}, {"default": {"nope": 1}},
+                {"packages": {"a": 1.5}}, {"other": {}},
+                {"default": {"serial_min": 0.9, "serial_max": 0.1}}):
+        with pytest.raises(BenchInputError):
+            build_model(w, bad)
+
+
+# ---------------------------------------------------------------------------- bound, reference
+
+def test_lower_bound_on_a_hand_checked_workload() -> None:
+    w = workload([("a", 40.0, []), ("b", 80.0, ["a"]), ("c", 20.0, [])])
+    model = build_model(w, {"packages": {"a": 0.5, "b": 0.5, "c": 0.5}})
+    bound = lower_bound(w, model, parse_fleet("8,4"))
+    # at 8 cores every package takes 0.75 × d4: the chain a→b is 30 + 60 s
+    assert bound.critical_path_s == pytest.approx(90.0)
+    assert bound.critical_path == ("a", "b")
+    # cheapest on one core: 2.5 × d4 each, (100 + 200 + 50) core-s over 12 cores
+    assert bound.work_s == pytest.approx(350.0 / 12)
+    assert bound.value == pytest.approx(90.0)
+
+
+def test_reference_policy_by_hand() -> None:
+    # file order b, a, c, d: emerge lists b's dependency a first
+    w = workload([("b", 80.0, ["a"]), ("a", 40.0, []), ("c", 20.0, []), ("d", 10.0, [])])
+    assert emerge_order(w) == ["a", "b", "c", "d"]
+    model = build_model(w)
+    builds = {b.name: b for b in simulate_reference(w, model, parse_fleet("8,4"))}
+    # slots: n1 ×2, n2 ×1, 4 cores each (so every build takes exactly d4)
+    assert {n: (b.node_id, b.start, b.end) for n, b in builds.items()} == {
+        "a": ("n01", 0.0, 40.0), "c": ("n01", 0.0, 20.0), "d": ("n02", 0.0, 10.0),
+        "b": ("n01", 40.0, 120.0)}
+    assert all(b.cores == 4 for b in builds.values())
+    assert makespan(list(builds.values())) == 120.0
+
+
+def test_reference_slots_on_a_small_node_use_its_cores() -> None:
+    w = workload([("a", 40.0, [])])
+    model = build_model(w, {"packages": {"a": 0.5}})
+    (build,) = simulate_reference(w, model, parse_fleet("2"))
+    assert build.cores == 2 and build.end == pytest.approx(model.duration("a", 2))
+
+
+# ---------------------------------------------------------------------------- a whole run
+
+def _figures(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "wall_time_s"}
+
+
+def test_a_run_is_physical_and_deterministic() -> None:
+    w = parse_workload(generate("chain-fanout", 3), "chain-fanout", "1" * 64)
+    fleet = parse_fleet("16,8,14,24,8s")
+    result = run_bench(w, fleet, BenchConfig(seed=5))
+    for key in ("makespan_s", "lower_bound_s", "reference_policy_makespan_s",
+                "ratio_to_lower_bound", "speedup_vs_reference", "nodes", "fleet", "workload",
+                "seed", "model", "wall_time_s"):
+        assert key in result
+    assert result["makespan_s"] >= result["lower_bound_s"]
+    assert result["reference_policy_makespan_s"] >= result["lower_bound_s"]
+    assert sum(n["dispatches"] for n in result["nodes"]) == len(w.packages)
+    assert all(0.0 < n["utilisation"] <= 1.0 for n in result["nodes"])
+    builds = {b["name"]: b for b in result["builds"]}
+    assert set(builds) == {p.name for p in w.packages}          # each package built once
+    for p in w.packages:                                         # after its dependencies
+        assert all(builds[d]["end_s"] <= builds[p.name]["start_s"] + 1e-6 for d in p.deps)
+    cores = {n.node_id: n.cores for n in fleet}
+    for node_id, limit in cores.items():                        # never more cores than exist
+        edges = sorted((t, sign * b["cores"]) for b in result["builds"] if b["node"] == node_id
+                       for t, sign in ((b["start_s"], 1), (b["end_s"], -1)))
+        load = 0
+        for _, delta in sorted(edges, key=lambda e: (e[0], e[1])):
+            load += delta
+            assert load <= limit
+    again = run_bench(w, fleet, BenchConfig(seed=5))
+    assert _figures(again) == _figures(result)
+
+
+def test_cli_writes_result_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "w.json", generate("huge-cpp", 2))
+    out = tmp_path / "out"
+    assert main(["bench", "--workload", str(path), "--fleet", "8,8s", "--out", str(out),
+                 "--seed", "3"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["fleet"]["spec"] == "8,8s" and result["seed"] == 3
+    assert [n["sweeper"] for n in result["fleet"]["nodes"]] == [False, True]
+    assert result["makespan_s"] >= result["lower_bound_s"]
+    svg = xml.dom.minidom.parse(str(out / "timeline.svg"))
+    assert len(svg.getElementsByTagName("rect")) > 2 * len(result["builds"])
+    assert "lower bound" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fleet", ["16,x", "", "0", "8,,8", "4t", "-4"])
+def test_cli_refuses_a_bad_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 fleet: str) -> None:
+    path = write(tmp_path, "w.json", {"packages": [{"name": "a", "duration_s": 1, "deps": [],
+                                                    "installed_kib": 1}]})
+    assert main(["bench", "--workload", str(path), "--fleet", fleet,
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: ") and "fleet" in err and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("doc,expect", [
+    (None, "cannot read workload"),
+    ("{not json", "not valid JSON"),
+    ({"packages": [{"name": "a", "duration_s": 1, "deps": ["b"], "installed_kib": 1},
+                   {"name": "b", "duration_s": 1, "deps": ["c"], "installed_kib": 1},
+                   {"name": "c", "duration_s": 1, "deps": ["a", "zz"], "installed_kib": 1},
+                   {"name": "d", "duration_s": 1, "deps": ["a"], "installed_kib": 1}]},
+     "dependency cycle"),
+    ({"packages": [{"name": "a", "duration_s": -1, "deps": [], "installed_kib": 1}]},
+     "'duration_s' must be a number"),
+    ({"packages": [{"name": "a", "duration_s": 1, "deps": [], "installed_kib": 1},
+                   {"name": "a", "duration_s": 1, "deps": [], "installed_kib": 1}]},
+     "listed twice"),
+])
+def test_cli_refuses_bad_workloads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   doc: Any, expect: str) -> None:
+    path = tmp_path / "w.json"
+    if doc is not None:
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    assert main(["bench", "--workload", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_cycle_is_named_with_its_members() -> None:
+    doc = {"packages": [{"name": n, "duration_s": 1, "deps": [d], "installed_kib": 1}
+                        for n, d in (("a", "b"), ("b", "c"), ("c", "a"), ("x", "a"))]}
+    with pytest.raises(BenchInputError, match=r"cycle (a → b → c → a|b → c → a → b|"
+                                              r"c → a → b → c)"):
+        parse_workload(doc, "w", "")
+
+
+def test_deps_outside_the_workload_are_ignored() -> None:
+    w = workload([("a", 1.0, ["virtual-libc"]), ("b", 1.0, ["a", "a"])])
+    assert w.by_name()["a"].deps == () and w.by_name()["b"].deps == ("a",)
+    assert w.ignored_deps == 1
+
+
+# ---------------------------------------------------------------------------- the scheduler
+
+class Swarm:
+    """The real state machine, driven the way the bench drives it."""
+
+    def __init__(self) -> None:
+        self.s = SwarmState()
+        self.n = 0
+        self.ts = 100.0
+
+    def ok(self, op: str, **fields: Any) -> dict[str, Any]:
+        self.n += 1
+        res = self.s.apply({"op": op, "rid": f"r{self.n}", "ts": self.ts, **fields})
+        assert res["ok"], res
+        return res
+
+    def node(self, node_id: str, cores: int, slots: int = 0) -> None:
+        self.ok("register_node", node_id=node_id, url="http://x", cores=cores,
+                profiles=["p"], sweeper=False, tree_versions={}, slots=slots)
+
+    def done(self, claim: dict[str, Any], wall: float) -> None:
+        job, lease = claim["job"], claim["lease"]
+        self.ok("complete", node_id=lease["node_id"], fence=lease["fence"],
+                cycle_id=job["cycle_id"], cpv=job["cpv"], success=True, duration_s=wall,
+                log_sha256="l", artifact={"sha256": "s" + job["cpv"] + str(self.n), "size": 1})
+
+    def claim(self, node_id: str, free: int) -> dict[str, Any]:
+        return self.ok("claim", node_id=node_id, free_cores=free, lease_ttl_s=1e6)
+
+
+def test_learning_from_a_parallel_build_does_not_count_its_serial_part_per_core() -> None:
+    for est in (30.0, 500.0, 50_000.0):
+        for cores in (1, 3, 24):
+            assert one_core_seconds(wall_time(est, cores), cores) == pytest.approx(est)
+    w = Swarm()
+    w.node("n1", cores=8)
+    for n, cores in ((1, 1), (2, 8)):
+        w.ok("start_cycle", cycle_id=f"c{n}", profile="p", tree_version="", targets=[],
+             jobs=[{"cpv": f"a/big-{n}", "deps": []}], reused=[])
+        claim = w.claim("n1", cores)
+        assert claim["lease"]["cores"] == cores
+        w.done(claim, wall_time(8000.0, cores))   # the same build, on 1 then on 8 cores
+    # wall × cores would have learned 8 × 1249 s for the second and drifted to ~9000
+    assert w.s.estimate("a/big-3") == pytest.approx(8000.0)
+
+
+def test_a_long_critical_build_waits_for_the_big_node_instead_of_starting_starved() -> None:
+    w = Swarm()
+    w.node("big", cores=16)
+    w.node("small", cores=2)
+    w.ok("start_cycle", cycle_id="c0", profile="p", tree_version="", targets=[],
+         jobs=[{"cpv": "a/huge-1", "deps": []}], reused=[])
+    w.done(w.claim("big", 1), 40_000.0)          # one core, 40 000 s: a huge build
+    w.ok("start_cycle", cycle_id="c1", profile="p", tree_version="", targets=[],
+         jobs=[{"cpv": "a/huge-2", "deps": []}, {"cpv": "a/tiny-1", "deps": []}], reused=[])
+    # the small node asks first: it must not take the huge build onto 2 cores
+    first = w.claim("small", 2)
+    assert first["job"]["cpv"] == "a/tiny-1"
+    second = w.claim("big", 16)
+    assert second["job"]["cpv"] == "a/huge-2" and second["lease"]["cores"] == 16
+
+
+def _capacity(**nodes: tuple[int, list[tuple[float, float, int]]]) -> dict[str, Capacity]:
+    out = {}
+    for node_id, (cores, busy) in nodes.items():
+        out[node_id] = cap = Capacity(cores, 0)
+        for start, end, used in busy:
+            cap.book(start, end, used)
+    return out
+
+
+def test_a_node_keeps_cores_free_for_a_critical_build_and_only_backfills_short_ones() -> None:
+    huge = Candidate("a/huge-1", est=80_000.0, want=8, nodes=("n1",))
+    mid = Candidate("a/mid-1", est=3_000.0, want=2, nodes=("n1",))
+    short = Candidate("a/x-1", est=50.0, want=1, nodes=("n1",))
+    # 6 of 8 cores busy until t=100: the huge build waits for all 8 rather than start on 2
+    busy = {"n1": (8, [(0.0, 100.0, 6)])}
+    got = place([huge, mid, short], "n1", _capacity(**busy), now=0.0)
+    assert got.index == 2 and got.cores == 1      # only what ends before t=100
+    got = place([huge, mid], "n1", _capacity(**busy), now=0.0)
+    assert got.index is None and "keeping its cores free for a/huge-1" in got.reason
+
+
+def test_a_big_build_is_left_to_the_node_that_finishes_it_first() -> None:
+    huge = Candidate("a/huge-1", est=80_000.0, want=16, nodes=("big", "small"))
+    short = Candidate("a/x-1", est=50.0, want=1, nodes=("big", "small"))
+    capacity = _capacity(big=(16, []), small=(4, []))
+    got = place([huge, short], "small", capacity, now=0.0)
+    assert got.index == 1                         # the small node takes the short one
+    got = place([huge, short], "big", _capacity(big=(16, []), small=(4, [])), now=0.0)
+    assert (got.index, got.cores) == (0, 16)
+
+
+def test_cores_held_for_a_build_not_ready_yet_stay_usable_for_short_builds() -> None:
+    coming = Candidate("a/chromium-1", est=80_000.0, want=8, nodes=("n1",),
+                       release=50.0)
+    rival = Candidate("a/rustc-1", est=80_000.0, want=8, nodes=("n1", "n2"))
+    short = Candidate("a/x-1", est=200.0, want=2, nodes=("n1", "n2"))
+    capacity = _capacity(n1=(8, []), n2=(8, [(0.0, 300.0, 8)]))
+    # the long rival does not take n1 from the more critical build about to be ready...
+    got = place([coming, rival, short], "n1", capacity, now=0.0)
+    assert got.index == 2
+    # ...but nobody idles for it: with no short job, n1 is not kept empty either
+    got = place([coming, rival], "n1", _capacity(n1=(8, []), n2=(8, [(0.0, 300.0, 8)])),
+                now=0.0)
+    assert got.index is None
+
+
+def test_a_build_stuck_far_past_its_estimate_does_not_hold_up_a_big_job() -> None:
+    w = Swarm()
+    w.ok("register_node", node_id="big", url="http://x", cores=16, profiles=["p", "q"],
+         sweeper=False, tree_versions={})
+    w.node("small", cores=8)
+    for cycle, cpv, wall in (("w1", "a/stuck-1", 2_000.0), ("w2", "a/huge-1", 40_000.0)):
+        w.ok("start_cycle", cycle_id=cycle, profile="p", tree_version="", targets=[],
+             jobs=[{"cpv": cpv, "deps": []}], reused=[])
+        w.done(w.claim("small", 1), wall)          # learned on one core
+    w.ok("start_cycle", cycle_id="q1", profile="q", tree_version="", targets=[],
+         jobs=[{"cpv": "a/stuck-2", "deps": []}], reused=[])
+    stuck = w.claim("big", 16)
+    assert stuck["lease"]["cores"] == 16            # predicted to take a few minutes
+    w.ts += 20_000                                  # ...and still running hours later
+    w.ok("start_cycle", cycle_id="p1", profile="p", tree_version="", targets=[],
+         jobs=[{"cpv": "a/huge-2", "deps": []}], reused=[])
+    got = w.claim("small", 8)
+    assert got["job"] is not None and got["job"]["cpv"] == "a/huge-2"
+
+
+def test_a_claim_can_be_previewed_without_a_commit() -> None:
+    w = Swarm()
+    w.node("big", cores=16)
+    w.node("small", cores=2)
+    w.ok("start_cycle", cycle_id="c0", profile="p", tree_version="", targets=[],
+         jobs=[{"cpv": "a/huge-1", "deps": []}], reused=[])
+    w.done(w.claim("big", 1), 40_000.0)
+    w.ok("start_cycle", cycle_id="c1", profile="p", tree_version="", targets=[],
+         jobs=[{"cpv": "a/huge-2", "deps": []}], reused=[])
+    before = w.s.digest()
+    # the only ready job belongs on the big node: the small one would get nothing
+    assert w.s.claim_preview("small", 2, w.ts)["cpv"] is None
+    assert w.claim("small", 2)["job"] is None
+    preview = w.s.claim_preview("big", 16, w.ts)
+    assert w.s.digest() == before
+    claim = w.claim("big", 16)
+    assert (preview["cpv"], preview["cores"]) == (claim["job"]["cpv"], claim["lease"]["cores"])
+
+
+def test_a_slot_limited_node_gives_each_build_its_cores_per_slot() -> None:
+    w = Swarm()
+    w.node("n1", cores=16, slots=4)               # the daemon's default: one build per 4 cores
+    w.ok("start_cycle", cycle_id="c", profile="p", tree_version="", targets=[],
+         jobs=[{"cpv": f"a/p{i}-1", "deps": []} for i in range(6)], reused=[])
+    leases = [w.claim("n1", 16 - 4 * i)["lease"]["cores"] for i in range(4)]
+    assert leases == [4, 4, 4, 4]                 # 1 core each would leave 12 idle
+
+
+def test_claims_agree_across_a_snapshot_mid_cycle() -> None:
+    w = Swarm()
+    for node_id, cores in (("a", 16), ("b", 8), ("c", 4)):
+        w.node(node_id, cores=cores, slots=max(1, cores // 4))
+    jobs = [{"cpv": f"x/p{i}-1", "deps": [f"x/p{i - 1}-1"] if i % 3 else []}
+            for i in range(12)]
+    w.ok("start_cycle", cycle_id="c", profile="p", tree_version="", targets=[], jobs=jobs,
+         reused=[])
+    w.done(w.claim("a", 16), 500.0)
+    w.claim("b", 8)
+    w.ts += 50
+    clone = SwarmState.from_bytes(w.s.to_bytes())
+    for node_id, free in (("c", 4), ("a", 16), ("b", 4)):
+        cmd = {"op": "claim", "rid": f"q{node_id}", "ts": w.ts, "node_id": node_id,
+               "free_cores": free, "lease_ttl_s": 60.0}
+        assert w.s.apply(dict(cmd)) == clone.apply(dict(cmd))
+    assert w.s.digest() == clone.digest()
+
+
+@pytest.mark.slow
+def test_desktop_on_the_reference_fleet_beats_the_reference_policy_twice() -> None:
+    from simulation.schedule.workload import load_workload
+    result = run_bench(load_workload(DESKTOP), parse_fleet("16,8,14,24,8s"),
+                       BenchConfig(seed=1, settings=SwarmSettings()))
+    assert result["makespan_s"] >= result["lower_bound_s"]
+    assert result["speedup_vs_reference"] >= 2.0
+    assert not math.isnan(result["ratio_to_lower_bound"])
