@@ -1,0 +1,246 @@
+"""``python -m simulation run`` and ``sweep``: one seed with a summary, or many seeds in parallel.
+
+``simulation/__main__.py`` calls :func:`add_parsers` to add both subcommands; until it exists,
+``python -m simulation.sim.cli run ...`` works the same. A handler returns the exit code: 0 if
+every invariant held, 1 if one did not (the seed, the invariant and a short history are
+printed, with the command that replays it).
+
+pysyncobj iterates Python sets of nodes, so a run is only reproducible with a fixed
+PYTHONHASHSEED: the handlers re-exec the interpreter with PYTHONHASHSEED=0 when it is not set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .faults import parse_faults
+from .raftnode import SWITCHABLE_FIXES
+from .simulation import RunResult, SimConfig, run
+
+HASH_SEED = "0"
+
+
+def ensure_hash_seed() -> None:
+    """Re-exec this command with PYTHONHASHSEED=0 unless it is already fixed."""
+    if os.environ.get("PYTHONHASHSEED") == HASH_SEED:
+        return
+    env = dict(os.environ, PYTHONHASHSEED=HASH_SEED)
+    os.execve(sys.executable, list(sys.orig_argv), env)
+
+
+def _fixes(text: str) -> frozenset[int]:
+    try:
+        fixes = frozenset(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--no-fix takes fix numbers like 1,2 (got {text!r})")
+    bad = sorted(fixes - set(SWITCHABLE_FIXES))
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"--no-fix: no switchable fix {bad}; the RaftFixes fixes are "
+            f"{', '.join(map(str, SWITCHABLE_FIXES))} (3 and 4 are I/O-level)")
+    return fixes
+
+
+def _faults(text: str) -> frozenset[str]:
+    try:
+        return parse_faults(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0 (got {text})")
+        return value
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=_positive(int), default=5, help="cluster size (default 5)")
+    p.add_argument("--workload", default="synthetic",
+                   help="synthetic (seeded, small), desktop "
+                        "(../shared/data/workloads/desktop.json) or a workload JSON file")
+    p.add_argument("--packages", type=_positive(int), default=30,
+                   help="size of the synthetic workload (default 30)")
+    p.add_argument("--time-scale", type=_positive(float), default=None,
+                   help="multiply build durations (default 1; 0.01 for desktop)")
+    p.add_argument("--cycles", type=_positive(int), default=2,
+                   help="build cycles the operator runs and finalizes (default 2)")
+    p.add_argument("--faults", type=_faults, default=frozenset(),
+                   help="comma list of partitions,crashes,pauses,flaky,failures,slow,"
+                        "restart-all,joins — or all, or none (default none)")
+    p.add_argument("--no-fix", type=_fixes, default=frozenset(), metavar="N[,N]",
+                   help="switch off RaftFixes fix N (1, 2 or 5) to see what it prevents")
+    p.add_argument("--fault-window", type=_positive(float), default=None,
+                   help="seconds of virtual time with faults (default: from the workload)")
+
+
+def _config(args: argparse.Namespace, seed: int) -> SimConfig:
+    scale = args.time_scale
+    if scale is None:
+        scale = 0.01 if args.workload != "synthetic" else 1.0
+    return SimConfig(seed=seed, nodes=args.nodes, workload=args.workload,
+                     packages=args.packages, time_scale=scale, cycles=args.cycles,
+                     faults=args.faults, no_fix=args.no_fix, fault_window_s=args.fault_window)
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add ``run`` and ``sweep`` to the ``python -m simulation`` dispatcher."""
+    p = subparsers.add_parser("run", help="one deterministic simulation of a swarm",
+                              description="Run the real swarm logic and pysyncobj on virtual "
+                                          "time; print what happened and whether every "
+                                          "invariant held. The same seed replays exactly.")
+    p.add_argument("--seed", type=int, default=1)
+    _common(p)
+    p.add_argument("--history", action="store_true", help="print the whole event history")
+    p.set_defaults(func=cmd_run)
+    s = subparsers.add_parser("sweep", help="many seeds in parallel; list the failing ones",
+                              description="Run seeds START..START+SEEDS-1 (2 processes) and "
+                                          "list every failing seed with the command that "
+                                          "replays it.")
+    s.add_argument("--seeds", type=_positive(int), default=100, help="how many seeds")
+    s.add_argument("--start", type=int, default=1, help="first seed (default 1)")
+    s.add_argument("--workers", type=_positive(int), default=2)
+    _common(s)
+    s.set_defaults(func=cmd_sweep)
+
+
+def print_result(result: RunResult, history: list[str] | None = None) -> None:
+    s = result.summary
+    c = result.config
+    print(f"seed {result.seed}: {s['nodes']} nodes, workload {s['workload']} "
+          f"({s['packages']} packages, time scale {c.time_scale:g}), faults "
+          f"{','.join(sorted(c.faults)) or 'none'}"
+          + (f", without fix {','.join(map(str, sorted(c.no_fix)))}" if c.no_fix else ""))
+    print(f"  virtual time      {result.virtual_s:10.1f} s   (wall {result.wall_s:.2f} s)")
+    print(f"  leaders / terms   {s['leaders']:>6} / {s['terms']}")
+    faults = ", ".join(f"{k} {v}" for k, v in s["faults"].items()) or "none"
+    print(f"  faults injected   {faults}")
+    if s["faults_healed_at_s"] is not None:
+        conv = s["converged_at_s"]
+        print(f"  healed at         {s['faults_healed_at_s']:10.1f} s   converged at "
+              + (f"{conv:.1f} s" if conv is not None else "never"))
+    print(f"  commands          {s['commands_committed']} committed, {s['acknowledged']} "
+          f"acknowledged, {s['messages']} Raft messages, {s['snapshots_installed']} "
+          "snapshots installed")
+    print(f"  claims refused    {s['refused_claims']} (each still a Raft commit)")
+    print(f"  jobs              {s['jobs_built']} built, {s['jobs_failed']} failed, "
+          f"{s['jobs_blocked']} blocked in {s['cycles']} cycles; {s['releases']} releases")
+    print(f"  history           {result.history_hash[:16]}")
+    if history:
+        print("  --- history ---")
+        for line in history:
+            print("  " + line)
+    if result.ok:
+        print("  invariants:       OK")
+        return
+    print("  invariants:       VIOLATED")
+    for v in result.violations[:10]:
+        print(f"    {v.invariant} at {v.t:.3f}s: {v.message}")
+    print("  last events:")
+    for line in result.tail:
+        print("    " + line)
+    print(f"  replay: {result.replay_command()}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ensure_hash_seed()
+    config = _config(args, args.seed)
+    result = _run_with_history(config) if args.history else (run(config), None)
+    print_result(*result)
+    return 0 if result[0].ok else 1
+
+
+def _run_with_history(config: SimConfig) -> tuple[RunResult, list[str]]:
+    from .simulation import Simulation
+    import shutil
+    import tempfile
+    from pathlib import Path
+    workdir = Path(tempfile.mkdtemp(prefix="swarm-sim-"))
+    try:
+        sim = Simulation(config, workdir)
+        result = sim.run()
+        return result, [e.line() for e in sim.history.events]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def _hash_seed_env() -> Iterator[None]:
+    """Spawned workers start a fresh interpreter: give it the fixed hash seed."""
+    old = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = HASH_SEED
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONHASHSEED", None)
+        else:
+            os.environ["PYTHONHASHSEED"] = old
+
+
+def run_many(configs: Iterable[SimConfig], workers: int = 2) -> Iterator[RunResult]:
+    """Run configs in ``workers`` fresh processes (PYTHONHASHSEED=0), results in order."""
+    configs = list(configs)
+    ctx = multiprocessing.get_context("spawn")
+    with _hash_seed_env(), concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        yield from pool.map(run, configs)
+
+
+def run_unordered(configs: Iterable[SimConfig], workers: int = 2) -> Iterator[RunResult]:
+    """Like :func:`run_many`, each result as soon as it is ready."""
+    configs = list(configs)
+    ctx = multiprocessing.get_context("spawn")
+    with _hash_seed_env(), concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(run, c) for c in configs]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    ensure_hash_seed()
+    seeds = range(args.start, args.start + args.seeds)
+    started = time.perf_counter()
+    failing: list[RunResult] = []
+    for done, result in enumerate(run_unordered((_config(args, s) for s in seeds),
+                                                args.workers), 1):
+        status = "ok" if result.ok else f"FAILED {result.violations[0].invariant}"
+        print(f"[{done}/{len(seeds)}] seed {result.seed}: {status} ({result.virtual_s:.0f}s "
+              f"virtual, {result.wall_s:.1f}s wall, {result.summary['commands_committed']} "
+              "commands)", flush=True)
+        if not result.ok:
+            failing.append(result)
+            print(f"    {result.violations[0].message}", flush=True)
+    wall = time.perf_counter() - started
+    print(f"{len(seeds)} seeds ({args.start}..{args.start + len(seeds) - 1}) in {wall:.0f}s: "
+          f"{len(seeds) - len(failing)} passed, {len(failing)} failed")
+    for result in sorted(failing, key=lambda r: r.seed):
+        print(f"  seed {result.seed}: {result.violations[0].invariant} — replay: "
+              f"{result.replay_command()}")
+    return 1 if failing else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulation.sim.cli",
+                                     description="Deterministic swarm simulator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The nemesis: seeded faults during the first part of a run, then everything healed.
+
+Kinds (``--faults``; ``all`` is every one):
+
+* ``partitions`` — links broken and kept down: a random majority/minority split, the current
+  leader isolated, or a *bridge* (two halves that only one node sees both of);
+* ``crashes`` — kill -9 of a node (sometimes the leader), restarted from its disk later;
+* ``pauses`` — SIGSTOP/SIGCONT: the node runs nothing for a while, then resumes;
+* ``flaky`` — bursts of connection resets on random links;
+* ``slow`` — a node ticks later and builds slower for a while;
+* ``restart-all`` — every node killed at once, restarted one by one from disk;
+* ``failures`` — some packages fail to build on some nodes (the breaker and ``fail_nodes``
+  logic run); planned up front, not scheduled;
+* ``joins`` — some nodes are not in the initial peer list: they join later through the
+  discovery handshake (``admit_node``) and the leader adds them to Raft (dynamic membership).
+
+At most two timed faults overlap; at the end of the fault window every fault is healed at once
+(partitions lifted, crashed nodes restarted, paused ones resumed, slow ones back to speed), and
+the liveness invariant starts its clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .network import pair
+
+if TYPE_CHECKING:
+    from .node import SimNode
+    from .simulation import Simulation
+
+KINDS = ("partitions", "crashes", "pauses", "flaky", "failures", "slow", "restart-all", "joins")
+TIMED = ("partitions", "crashes", "pauses", "flaky", "slow", "restart-all")
+
+
+def parse_faults(text: str) -> frozenset[str]:
+    """``partitions,crashes`` / ``all`` / ``none`` → the set of kinds (unknown names refused)."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    if names in ({"all"}, {"ALL"}):
+        return frozenset(KINDS)
+    if names <= {"none", ""}:
+        return frozenset()
+    unknown = sorted(names - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown fault kind {', '.join(unknown)}; choose from "
+                         f"{', '.join(KINDS)} or all")
+    return frozenset(names)
+
+
+@dataclass
+class Nemesis:
+    """Injects and heals faults on one simulation (see module docstring)."""
+
+    sim: Simulation
+    kinds: frozenset[str]
+    rng: random.Random
+    window_s: float
+    injected: list[str] = field(default_factory=list)
+    active: int = 0
+    healed_at: float | None = None
+    _partitions: list[set[tuple[str, str]]] = field(default_factory=list)
+    _down: set[str] = field(default_factory=set)
+
+    def record(self, what: str, **fields: object) -> None:
+        self.injected.append(what)
+        self.sim.history.record(self.sim.loop.time(), "nemesis", what, **fields)
+
+    async def run(self) -> None:
+        timed = sorted(k for k in self.kinds if k in TIMED)
+        loop = self.sim.loop
+        while timed:
+            await asyncio.sleep(self.rng.uniform(1.0, 8.0))
+            if loop.time() >= self.window_s:
+                break
+            if self.active >= 2:
+                continue
+            kind = self.rng.choice(timed)
+            duration = min(self.rng.uniform(1.0, 15.0), max(0.5, self.window_s - loop.time()))
+            self.active += 1
+            self.sim.spawn(self._one(kind, duration))
+        if loop.time() < self.window_s:
+            await asyncio.sleep(self.window_s - loop.time())
+        self.heal_all()
+
+    async def _one(self, kind: str, duration: float) -> None:
+        try:
+            if kind == "partitions":
+                await self._partition(duration)
+            elif kind == "crashes":
+                await self._crash(duration)
+            elif kind == "pauses":
+                await self._pause(duration)
+            elif kind == "flaky":
+                await self._flaky(duration)
+            elif kind == "slow":
+                await self._slow(duration)
+            elif kind == "restart-all":
+                await self._restart_all()
+        finally:
+            self.active -= 1
+
+    # -- the faults ---------------------------------------------------------------------------
+    def _alive(self) -> list[SimNode]:
+        return [n for n in self.sim.nodes if n.alive]
+
+    def _leader(self) -> SimNode | None:
+        for node in self.sim.nodes:
+            if node.alive and node.log is not None and node.log.is_leader:
+                return node
+        return None
+
+    async def _partition(self, duration: float) -> None:
+        nodes = [n for n in self.sim.nodes if n.alive or n.node_id in self._down]
+        if len(nodes) < 2:
+            return
+        shape = self.rng.choice(("halves", "leader", "bridge"))
+        order = list(nodes)
+        self.rng.shuffle(order)
+        leader = self._leader()
+        if shape == "leader" and leader is not None:
+            side_a, bridge = [leader], None
+        elif shape == "bridge" and len(order) >= 3:
+            bridge = order[0]
+            rest = order[1:]
+            cut = self.rng.randrange(1, len(rest))
+            side_a = rest[:cut]
+        else:
+            shape, bridge = "halves", None
+            side_a = order[: self.rng.randrange(1, len(order) // 2 + 1)]
+        a = {n.address for n in side_a}
+        b = {n.address for n in nodes if n.address not in a and n is not bridge}
+        cut_pairs = {pair(x, y) for x in a for y in b}
+        self.record("partition", shape=shape, side=sorted(n.node_id for n in side_a),
+                    bridge=bridge.node_id if bridge else "-", seconds=duration)
+        self._partitions.append(cut_pairs)
+        self.sim.network.block(cut_pairs)
+        await asyncio.sleep(duration)
+        if cut_pairs in self._partitions:
+            self._partitions.remove(cut_pairs)
+            self.sim.network.unblock(cut_pairs)
+            self.sim.network.block(set().union(*self._partitions) if self._partitions else set())
+            self.sim.history.record(self.sim.loop.time(), "nemesis", "heal", shape=shape)
+
+    async def _crash(self, duration: float) -> None:
+        alive = self._alive()
+        leader = self._leader()
+        if not alive:
+            return
+        victim = leader if (leader is not None and self.rng.random() < 0.3) else \
+            self.rng.choice(alive)
+        self.record("crash", node=victim.node_id, seconds=duration)
+        victim.crash()
+        self._down.add(victim.node_id)
+        await asyncio.sleep(duration)
+        if victim.node_id in self._down:
+            self._down.discard(victim.node_id)
+            victim.boot()
+
+    async def _pause(self, duration: float) -> None:
+        alive = [n for n in self._alive() if not n.paused]
+        if not alive:
+            return
+        victim = self.rng.choice(alive)
+        self.record("pause", node=victim.node_id, seconds=duration)
+        victim.pause()
+        await asyncio.sleep(duration)
+        victim.resume()
+
+    async def _flaky(self, duration: float) -> None:
+        self.record("flaky", seconds=duration)
+        end = self.sim.loop.time() + duration
+        while self.sim.loop.time() < end and self.healed_at is None:
+            broken = self.sim.network.break_random()
+            if broken is not None:
+                self.sim.history.record(self.sim.loop.time(), "nemesis", "reset",
+                                        link=f"{broken[0]}-{broken[1]}")
+            await asyncio.sleep(self.rng.uniform(0.2, 2.0))
+
+    async def _slow(self, duration: float) -> None:
+        alive = self._alive()
+        if not alive:
+            return
+        victim = self.rng.choice(alive)
+        factor = round(self.rng.uniform(2.0, 5.0), 2)
+        self.record("slow", node=victim.node_id, factor=factor, seconds=duration)
+        victim.slow = factor
+        await asyncio.sleep(duration)
+        victim.slow = 1.0
+
+    async def _restart_all(self) -> None:
+        self.record("restart-all")
+        victims = self._alive()
+        for node in victims:
+            node.crash()
+            self._down.add(node.node_id)
+        for node in victims:
+            await asyncio.sleep(self.rng.uniform(0.2, 2.0))
+            if node.node_id in self._down:
+                self._down.discard(node.node_id)
+                node.boot()
+
+    def heal_all(self) -> None:
+        """The fault window is over: lift partitions, restart, resume, restore speed."""
+        self.healed_at = self.sim.loop.time()
+        self.sim.history.record(self.healed_at, "nemesis", "heal-all")
+        self._partitions = []
+        self.sim.network.unblock()
+        for node in self.sim.nodes:
+            if node.node_id in self._down and not node.alive:
+                node.boot()
+            node.resume()
+            node.slow = 1.0
+        self._down.clear()
