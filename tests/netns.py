@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from simulation.nemesis.netns import delete_netns as _delete_netns, remove_stale
+
 IFNAME = "eth0"  # every host's LAN link; names are per namespace, so they never collide
 BRIDGE = "br0"
 
@@ -40,38 +42,6 @@ def _kill(proc: subprocess.Popen[Any]) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
-
-
-def _delete_netns(netns: str) -> None:
-    """Kill whatever still runs inside (a netns outlives `ip netns del` while it has processes)."""
-    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
-    for pid in pids.stdout.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    subprocess.run(["ip", "netns", "del", netns], capture_output=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def remove_stale(prefix: str) -> None:
-    """Delete namespaces of this prefix whose creating process is gone."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-[0-9a-f]{{4}}-")
-    for line in listing.splitlines():
-        name = line.split(" ", 1)[0]
-        match = pattern.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-            _delete_netns(name)
 
 
 @dataclass
