@@ -24,8 +24,8 @@ from simulation.schedule.workload import (BenchInputError, Package, parse_fleet,
 from swarmnode.state import SwarmState
 from swarmnode.state.scheduling import Candidate, Capacity, one_core_seconds, place, wall_time
 
-# beside the project, as every checkout and CI run has it (see ../shared/README.md)
-DESKTOP = Path(__file__).resolve().parents[2] / "shared" / "data" / "workloads" / "desktop.json"
+# A copy lives in tests/data so a clone checked out anywhere (CI) has it.
+DESKTOP = Path(__file__).resolve().parent / "data" / "workloads" / "desktop.json"
 
 
 def workload(pkgs: list[tuple[str, float, list[str]]], kib: float = 500.0) -> Any:
