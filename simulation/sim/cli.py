@@ -83,9 +83,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="comma list of partitions,crashes,pauses,flaky,failures,slow,"
                         "restart-all,joins — or all, or none (default none)")
     p.add_argument("--no-fix", type=_fixes, default=frozenset(), metavar="N[,N]",
-                   help="switch off RaftFixes fix N (1, 2 or 5) to see what it prevents")
+                   help="switch off RaftFixes fix N (1, 2, 5, 6, 7 or 8) to see what it prevents")
     p.add_argument("--fault-window", type=_positive(float), default=None,
                    help="seconds of virtual time with faults (default: from the workload)")
+    p.add_argument("--append-batch-bytes", type=_positive(int), default=2 ** 16,
+                   help="pysyncobj's appendEntriesBatchSizeBytes (default 65536, the daemon's); "
+                        "small values split resends into many messages")
 
 
 def _config(args: argparse.Namespace, seed: int) -> SimConfig:
@@ -94,7 +97,8 @@ def _config(args: argparse.Namespace, seed: int) -> SimConfig:
         scale = 0.01 if args.workload != "synthetic" else 1.0
     return SimConfig(seed=seed, nodes=args.nodes, workload=args.workload,
                      packages=args.packages, time_scale=scale, cycles=args.cycles,
-                     faults=args.faults, no_fix=args.no_fix, fault_window_s=args.fault_window)
+                     faults=args.faults, no_fix=args.no_fix, fault_window_s=args.fault_window,
+                     append_batch_bytes=args.append_batch_bytes)
 
 
 def add_parsers(subparsers: Any) -> None:

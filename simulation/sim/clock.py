@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -62,12 +63,35 @@ def on_grid(when: float) -> float:
     return k / GRID
 
 
+class _Timer(asyncio.TimerHandle):
+    """A timer ordered by (time, sequence): timers due at the same instant run in the order
+    they were scheduled (asyncio's own orders them by time only)."""
+
+    __slots__ = ("_seq",)
+
+    def __init__(self, seq: int, when: float, callback: Callable[..., Any], args: Any,
+                 loop: asyncio.AbstractEventLoop, context: Any) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._seq = seq
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, _Timer):
+            return (self._when, self._seq) < (other._when, other._seq)  # type: ignore[attr-defined]
+        return super().__lt__(other)  # type: ignore[operator]
+
+    def __le__(self, other: object) -> bool:
+        if isinstance(other, _Timer):
+            return (self._when, self._seq) <= (other._when, other._seq)  # type: ignore[attr-defined]
+        return super().__le__(other)  # type: ignore[operator]
+
+
 class VirtualLoop(asyncio.BaseEventLoop):
     """asyncio on virtual time: ``time()`` is the simulation clock, sleeping costs nothing."""
 
     def __init__(self) -> None:
         super().__init__()
         self._now = 0.0
+        self._seq = 0
         self._selector = _NoIO(self)  # type: ignore[assignment]
         self._clock_resolution = 1e-9
 
@@ -76,7 +100,12 @@ class VirtualLoop(asyncio.BaseEventLoop):
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
                 context: Any = None) -> asyncio.TimerHandle:
-        return super().call_at(on_grid(when), callback, *args, context=context)
+        self._check_closed()  # type: ignore[attr-defined]
+        self._seq += 1
+        timer = _Timer(self._seq, on_grid(when), callback, args, self, context)
+        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     def advance(self, timeout: float) -> None:
         """Jump to the earliest pending timer (exactly, so it is due without rounding)."""

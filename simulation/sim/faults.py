@@ -4,7 +4,9 @@ Kinds (``--faults``; ``all`` is every one):
 
 * ``partitions`` — links broken and kept down: a random majority/minority split, the current
   leader isolated, or a *bridge* (two halves that only one node sees both of);
-* ``crashes`` — kill -9 of a node (sometimes the leader), restarted from its disk later;
+* ``crashes`` — kill -9 of a node (sometimes the leader), restarted from its disk later
+  (a quarter of them stay down longer than ``voter_grace_s``: the voter is demoted and
+  removed from Raft, and promoted again once it is back);
 * ``pauses`` — SIGSTOP/SIGCONT: the node runs nothing for a while, then resumes;
 * ``flaky`` — bursts of connection resets on random links;
 * ``slow`` — a node ticks later and builds slower for a while;
@@ -151,6 +153,10 @@ class Nemesis:
             return
         victim = leader if (leader is not None and self.rng.random() < 0.3) else \
             self.rng.choice(alive)
+        if self.rng.random() < 0.25:  # long enough to lose its vote (voter_grace_s)
+            grace = self.sim.config.voter_grace_s
+            duration = min(grace + self.rng.uniform(2.0, 10.0),
+                           max(duration, self.window_s - self.sim.loop.time()))
         self.record("crash", node=victim.node_id, seconds=duration)
         victim.crash()
         self._down.add(victim.node_id)

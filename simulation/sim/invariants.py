@@ -26,6 +26,7 @@ from .history import Violation
 ONE_LEADER = "one-leader-per-term"
 SAME_ENTRIES = "replicas-apply-the-same-entries"
 SAME_DIGEST = "same-index-same-digest"
+KEEPS_ACKED = "followers-keep-acknowledged-entries"
 ACKED_KEPT = "no-acknowledged-command-lost"
 ONE_LEASE = "one-live-lease-per-job"
 FENCED = "no-stale-completion-accepted"
@@ -34,7 +35,7 @@ RELEASES = "releases-complete-and-replicated"
 LIVENESS = "converges-and-progresses-after-faults"
 NO_ERRORS = "no-exceptions-in-replicas"
 
-ALL = (ONE_LEADER, SAME_ENTRIES, SAME_DIGEST, ACKED_KEPT, ONE_LEASE, FENCED, CYCLES_END,
+ALL = (ONE_LEADER, SAME_ENTRIES, SAME_DIGEST, KEEPS_ACKED, ACKED_KEPT, ONE_LEASE, FENCED, CYCLES_END,
        RELEASES, LIVENESS, NO_ERRORS)
 
 
@@ -72,6 +73,17 @@ def entry_conflict(known: Applied | None, index: int, new: Applied) -> str | Non
         return None
     return (f"index {index}: {new.node} applied rid {new.rid} but {known.node} applied rid "
             f"{known.rid} there")
+
+
+def dropped_acknowledged(node: str, acked: tuple[int, int], term: int, last: int) -> str | None:
+    """Within a term a follower's log never ends before an entry it acknowledged to the
+    leader (who may have counted it towards a commit): Raft truncates only on a conflict,
+    which takes a newer leader."""
+    acked_term, acked_index = acked
+    if acked_term and acked_term == term and last < acked_index:
+        return (f"{node} acknowledged entries up to {acked_index} in term {term}, then its log "
+                f"ended at {last} (same term)")
+    return None
 
 
 def digest_conflicts(replicas: Iterable[tuple[str, int, str]]) -> list[str]:

@@ -204,12 +204,14 @@ class SimTransport(Transport):
     """
 
     def __init__(self, network: SimNetwork, address: str, kick: Callable[[], None],
-                 syncObj: Any, selfNode: Node | None, otherNodes: Any) -> None:
+                 after_message: Callable[[], None], syncObj: Any, selfNode: Node | None,
+                 otherNodes: Any) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
         self.network = network
         self.address = address
         self.voter = selfNode is not None
         self.kick = kick
+        self.after_message = after_message
         self.destroyed = False
         self._retry_s = float(syncObj.conf.connectionRetryTime)
         self._nodes: dict[str, Node] = {}           # voter peers by address
@@ -316,6 +318,8 @@ class SimTransport(Transport):
         if node is None:
             return
         self._onMessageReceived(node, message)
+        if not self.destroyed:
+            self.after_message()
         self.kick()
 
     def _node_of(self, conn: Connection) -> Node | None:
@@ -366,6 +370,7 @@ class SimTransport(Transport):
             self.kick()
 
 
-def factory(network: SimNetwork, address: str, kick: Callable[[], None]) -> Callable[..., Any]:
+def factory(network: SimNetwork, address: str, kick: Callable[[], None],
+            after_message: Callable[[], None]) -> Callable[..., Any]:
     """The ``transportClass`` for SyncObj: a SimTransport bound to this node."""
-    return functools.partial(SimTransport, network, address, kick)
+    return functools.partial(SimTransport, network, address, kick, after_message)

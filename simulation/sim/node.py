@@ -150,6 +150,11 @@ class SimNode:
     def observe_dump_loaded(self, log: SimLog, installed: bool) -> None:
         self.record("snapshot" if installed else "dump-loaded", applied=log.applied_index)
 
+    def observe_ack_dropped(self, log: SimLog, problem: str) -> None:
+        self.record("ack-dropped", problem=problem)
+        if self.cfg.check_follower_acks:
+            self.sim.checker.fail(invariants.KEEPS_ACKED, self.loop.time(), problem)
+
     def observe_tick_error(self, log: SimLog, exc: BaseException) -> None:
         self.sim.checker.fail(invariants.NO_ERRORS, self.loop.time(),
                               f"{self.node_id}: pysyncobj tick raised {type(exc).__name__}: {exc}")
@@ -228,7 +233,8 @@ class SimNode:
 
     def _open(self, voter: bool, voters: set[str]) -> None:
         self.log = SimLog(self._settings(voter, voters), self, self.loop, self.sim.syncobj_class,
-                          idle_tick_s=self.cfg.idle_tick_s)
+                          idle_tick_s=self.cfg.idle_tick_s,
+                          append_batch_bytes=self.cfg.append_batch_bytes)
         self.log.start()
         self._save_membership()
 
@@ -299,7 +305,8 @@ class SimNode:
                     self._restart_builder()
                 grounded = now_grounded
                 while (cmd := decisions.claim_command(log.state, self.view(),
-                                                      self.cfg.lease_ttl_s)) is not None:
+                                                      self.cfg.lease_ttl_s,
+                                                      ts=self.wall())) is not None:
                     result = await self.submit(self.command(cmd[0], **cmd[1]))
                     job = result.get("job") if result.get("ok") else None
                     if not job:

@@ -23,12 +23,13 @@ from pysyncobj import SyncObj, SyncObjConf
 from swarmnode.consensus.raft import RaftLog, RaftSettings, _SwarmSyncObj
 from swarmnode.state import SwarmState
 
+from . import invariants
 from .clock import VirtualLoop
 from .disk import SimDisk
 from .network import SimNetwork, factory
 
 #: The fixes of ``RaftFixes`` that change Raft's behaviour (3 and 4 are I/O-level).
-SWITCHABLE_FIXES = (1, 2, 5)
+SWITCHABLE_FIXES = (1, 2, 5, 6, 7, 8)
 LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 TIMER_SLACK_S = 1e-6  # pysyncobj compares deadlines strictly: tick just after them
 
@@ -54,6 +55,8 @@ class ReplicaHost(Protocol):
 
     def observe_dump_loaded(self, log: SimLog, installed: bool) -> None: ...
 
+    def observe_ack_dropped(self, log: SimLog, problem: str) -> None: ...
+
 
 class SimSyncObj(_SwarmSyncObj):
     """``_SwarmSyncObj`` on the simulated transport; queuing a command wakes the node (the
@@ -63,7 +66,8 @@ class SimSyncObj(_SwarmSyncObj):
         assert isinstance(owner, SimLog)
         self._owner = owner
         self._sim_log = owner
-        transport = factory(owner.host.network, settings.self_address, owner.kick)
+        transport = factory(owner.host.network, settings.self_address, owner.kick,
+                            owner.after_message)
         # _SwarmSyncObj.__init__ would pick TCPTransport: call what it calls, with ours.
         super(_SwarmSyncObj, self).__init__(
             settings.self_address if settings.voter else None, list(settings.partners), conf,
@@ -76,6 +80,15 @@ class SimSyncObj(_SwarmSyncObj):
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802
         super()._SyncObj__loadDumpFile(clearJournal)
         self._sim_log.host.observe_dump_loaded(self._sim_log, clearJournal)
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False,  # noqa: N802
+                                  nextNodeIdx: int | None = None, success: bool = False) -> None:
+        """Remember what this follower acknowledged (every entry before the next index)."""
+        if success:
+            nxt = nextNodeIdx if nextNodeIdx is not None else self._SyncObj__raftLog[-1][1] + 1  # type: ignore[attr-defined]
+            self._sim_log.acknowledged(int(self.raftCurrentTerm), int(nxt) - 1)
+        super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx,  # type: ignore[misc]
+                                          success=success)
 
 
 class _WithoutFix1:
@@ -105,7 +118,33 @@ class _WithoutFix5:
         return
 
 
-_DISABLERS: dict[int, type] = {1: _WithoutFix1, 2: _WithoutFix2, 5: _WithoutFix5}
+class _WithoutFix6:
+    """Fix 6 off: a repeated snapshot or append cuts off entries already acknowledged."""
+
+    def _keep_acknowledged_entries(self, before: list[Any]) -> None:
+        return
+
+    def _keeping_acknowledged(self, message: dict[str, Any]) -> dict[str, Any]:
+        return message
+
+
+class _WithoutFix7:
+    """Fix 7 off: a big entry's piece marked ``finish`` too early is unpickled as it is."""
+
+    def _finish_when_complete(self, message: dict[str, Any]) -> dict[str, Any]:
+        return message
+
+
+class _WithoutFix8:
+    """Fix 8 off: every reset sets the follower's next index, stale ones too."""
+
+    @staticmethod
+    def _stale_reset(before: int | None, after: int | None) -> bool:
+        return False
+
+
+_DISABLERS: dict[int, type] = {1: _WithoutFix1, 2: _WithoutFix2, 5: _WithoutFix5,
+                               6: _WithoutFix6, 7: _WithoutFix7, 8: _WithoutFix8}
 
 
 def syncobj_class(disabled: frozenset[int] = frozenset()) -> type[SimSyncObj]:
@@ -129,7 +168,8 @@ class SimLog(RaftLog):
     """
 
     def __init__(self, settings: RaftSettings, host: ReplicaHost, loop: VirtualLoop,
-                 cls: type[SimSyncObj], idle_tick_s: float = 0.1) -> None:
+                 cls: type[SimSyncObj], idle_tick_s: float = 0.1,
+                 append_batch_bytes: int = 2 ** 16) -> None:
         # Deliberately not RaftLog.__init__ (it opens sockets, an epoll fd and files): the
         # same attributes, and the same SyncObjConf except what touches the OS.
         self.settings = settings
@@ -154,6 +194,7 @@ class SimLog(RaftLog):
             pollerType="sim",
             useFork=False,  # dumps are written synchronously, inside the tick
             appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=append_batch_bytes,
             raftMinTimeout=settings.election_min_s,
             raftMaxTimeout=settings.election_max_s,
             appendEntriesPeriod=settings.append_period_s,
@@ -170,6 +211,7 @@ class SimLog(RaftLog):
             commandsWaitLeader=True,
             onStateChanged=self._state_changed,
         )
+        self._acked: tuple[int, int] = (0, 0)  # (term, last index acknowledged to its leader)
         self._obj = cls(self, settings, conf)
 
     # -- ticking on virtual time ----------------------------------------------------------------
@@ -238,6 +280,20 @@ class SimLog(RaftLog):
         self.host.after_apply(self, index, blob, cmd if isinstance(cmd, dict) else None,
                               before, result)
         return result
+
+    # -- what a follower acknowledged stays in its log (within the term) ---------------------
+    def acknowledged(self, term: int, index: int) -> None:
+        if term != self._acked[0] or index > self._acked[1]:
+            self._acked = (term, index)
+
+    def after_message(self) -> None:
+        """After each message: the follower still holds what it acknowledged this term."""
+        last = int(self._obj._SyncObj__raftLog[-1][1])  # type: ignore[attr-defined]
+        problem = invariants.dropped_acknowledged(self.host.node_id, self._acked,
+                                                  int(self._obj.raftCurrentTerm), last)
+        if problem is not None:
+            self.host.observe_ack_dropped(self, problem)
+            self._acked = (self._acked[0], last)
 
     @property
     def term(self) -> int:

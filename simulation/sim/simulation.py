@@ -60,11 +60,18 @@ class SimConfig:
     keep_releases: int = int(DEFAULT_CONFIG["keep_releases"])
     replicas: int = int(DEFAULT_CONFIG["replicas"])
     max_voters: int = int(DEFAULT_CONFIG["max_voters"])
-    voter_grace_s: float = float(DEFAULT_CONFIG["voter_grace_s"])
+    # The daemon's default is an hour: in a short run a voter that stays down has to lose its
+    # seat sooner for the membership changes (demote, remove, promote, add) to happen.
+    voter_grace_s: float = 20.0
     # Raft log compaction: far more often than the daemon's 5000 entries / 600 s, so that
     # snapshots (dump, transfer, install) happen within a short run.
     compaction_entries: int = 300
     compaction_time_s: float = 30.0
+    # pysyncobj's appendEntriesBatchSizeBytes (its default, as the daemon uses). Smaller values
+    # ("buggify") split every resend into several messages, as a big entry (a desktop-sized
+    # start_cycle is ~120 KB) does with the real value.
+    append_batch_bytes: int = 2 ** 16
+    check_follower_acks: bool = True  # the followers-keep-acknowledged-entries invariant
     idle_tick_s: float = 0.25        # a node with nothing to do still ticks this often
     fault_window_s: float | None = None   # default: derived from the workload
     converge_s: float = 30.0              # after the faults stop: one leader, all caught up
@@ -97,6 +104,10 @@ class RunResult:
         parts.append(f"--faults {','.join(sorted(c.faults)) or 'none'}")
         if c.no_fix:
             parts.append(f"--no-fix {','.join(str(n) for n in sorted(c.no_fix))}")
+        if c.fault_window_s is not None:
+            parts.append(f"--fault-window {c.fault_window_s:g}")
+        if c.append_batch_bytes != SimConfig.append_batch_bytes:
+            parts.append(f"--append-batch-bytes {c.append_batch_bytes}")
         return " ".join(parts)
 
 
@@ -542,6 +553,7 @@ class Simulation:
         try:
             with patched_pysyncobj(self.loop, self.raft_rng, journals):
                 asyncio.set_event_loop(self.loop)
+                self.loop.set_exception_handler(self._loop_error)
                 self.loop.run_until_complete(self._main())
                 self._final_checks()
                 result = RunResult(
@@ -559,6 +571,17 @@ class Simulation:
             self.loop.close()
         result.wall_s = time.perf_counter() - started
         return result
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An exception escaped a callback (a message handler, a tick): in the daemon it
+        would be logged and the node would go on; here it is a finding."""
+        exc = context.get("exception")
+        if exc is None:  # "Task was destroyed but it is pending" and the like: noise
+            return
+        self.checker.fail(invariants.NO_ERRORS, self.loop.time(),
+                          f"{context.get('message', 'callback failed')}: "
+                          f"{type(exc).__name__}: {exc}")
+        self._stop.set()
 
     def _fingerprint(self) -> str:
         """What the history hash covers beyond the events: every applied entry, every

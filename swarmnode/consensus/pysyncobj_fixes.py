@@ -31,6 +31,41 @@
    discovery, or counts one that was removed). :class:`RaftFixes` replays the journal's membership
    entries after the dump (or from the start when there is no dump), the way they were applied
    when first appended.
+6. **A follower throws away entries it acknowledged when the leader repeats itself.** A
+   leader answers every ``reset`` by rewinding the follower's next index, and a follower that
+   was behind sends one reset per append it could not use: the first makes the leader send
+   what is missing (a snapshot, then entries), which the follower stores and acknowledges;
+   the later, stale resets rewind the leader again and it sends the same things once more.
+   pysyncobj's follower clears its whole journal on every snapshot, and on an append whose
+   ``prevLogIdx`` is below its last entry it cuts everything after ``prevLogIdx`` and adds the
+   message's entries — so until the rest arrives (or for good, if the connection breaks or it
+   crashes) it lacks entries it acknowledged in this term, which the leader may have counted
+   towards a commit. Raft only truncates on a conflict, and keeps the entries after a snapshot
+   whose last entry the follower already has (InstallSnapshot, step 6). :class:`RaftFixes`
+   keeps what this node acknowledged to the current term's leader (those entries match the
+   leader's log): a repeated append that brings nothing new is answered from the log as it
+   is, and a repeated snapshot is installed with them put back. The deterministic simulator
+   has seeds that fail without it (see ``simulation/README.md``; the append case needs a
+   resend split over several messages, which a >64 KB entry such as a desktop-sized
+   ``start_cycle`` causes).
+7. **A big entry's last-but-one piece is marked as the last.** An entry of at least
+   ``appendEntriesBatchSizeBytes`` (64 KiB; a 700-package ``start_cycle`` is ~120 KiB) is
+   sent pickled, in pieces, the last marked ``finish``. pysyncobj decides "last" by comparing
+   with the size of the *command*, but the pieces are of its pickle — protocol 2, which
+   stores bytes as UTF-8-encoded latin-1 text and so is up to twice as long — so a piece
+   before the end is marked ``finish``: the follower unpickles half an entry and its message
+   handler raises (EOFError, UnicodeDecodeError …). :class:`RaftFixes` treats a ``finish``
+   that does not unpickle yet as one more piece; the real last piece completes it. The
+   simulator fails at the first desktop-sized cycle without it.
+8. **Stale resets undo the walk back to a conflict.** When the leader sends a follower
+   several appends at once (more than a batch of entries: a follower far behind) and the
+   follower's last entry conflicts with the leader's, the follower answers the first with
+   "conflict: go back to N" and every later one with "I lack your prevLogIdx: send from my
+   last + 1" (N + 1). pysyncobj takes each answer as the new next index, so the last one
+   wins, the leader sends from N + 1 again, and the follower is never repaired — it stays
+   behind for good, and with it a quorum if it is needed for one. A reset only ever answers
+   an append sent from the current next index, so :class:`RaftFixes` lets it move the index
+   back, never forward. The simulator has a seed that stops converging without it.
 """
 
 from __future__ import annotations
@@ -42,6 +77,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pysyncobj.journal as pjournal
+import pysyncobj.pickle as ppickle
 import pysyncobj.syncobj as psyncobj
 from pysyncobj.poller import POLL_EVENT_TYPE, Poller
 
@@ -49,10 +85,13 @@ from pysyncobj.poller import POLL_EVENT_TYPE, Poller
 
 
 class RaftFixes:
-    """Mixin for a SyncObj subclass: fixes 1, 2 and 5 (commit index during a snapshot install,
-    next index on late acknowledgements, membership after a restart)."""
+    """Mixin for a SyncObj subclass: fixes 1, 2, 5, 6, 7 and 8 (commit index during a snapshot
+    install, next index on late acknowledgements, membership after a restart, acknowledged
+    entries across a repeated snapshot or append, the last piece of a big entry, next index
+    on stale resets)."""
 
     _snapshot_installed = False
+    _acknowledged = (0, 0)  # fix 6: (term, last index this node acknowledged to its leader)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,9 +100,89 @@ class RaftFixes:
             self._replay_membership(after=0)
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802 (pysyncobj's name)
+        before = list(self._SyncObj__raftLog[:]) if clearJournal else []  # type: ignore[attr-defined]
         super()._SyncObj__loadDumpFile(clearJournal)  # type: ignore[misc]
         self._snapshot_installed = True
+        if before:
+            self._keep_acknowledged_entries(before)  # fix 6
         self._replay_membership(after=self.raftLastApplied)  # type: ignore[attr-defined]  # fix 5
+
+    def _keep_acknowledged_entries(self, before: list[tuple[bytes, int, int]]) -> None:
+        """Fix 6: after installing a snapshot, put back the entries after its last one that
+        this node acknowledged to the current term's leader (they match the leader's log)."""
+        term, acknowledged = self._acknowledged
+        raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        if term != self.raftCurrentTerm or len(raft_log) != 2:  # type: ignore[attr-defined]
+            return
+        _cmd, last_idx, last_term = raft_log[-1]
+        if not any(idx == last_idx and t == last_term for _c, idx, t in before):
+            return  # our log differs at the snapshot's last entry: the snapshot wins
+        for entry in before:
+            if last_idx < entry[1] <= acknowledged:
+                raft_log.add(*entry)
+
+    @staticmethod
+    def _stale_reset(before: int | None, after: int | None) -> bool:
+        """Fix 8: a reset answers an append sent from the current next index, so it can only
+        move the index back; one that would move it forward answers an older append."""
+        return before is not None and after is not None and after > before
+
+    def _finish_when_complete(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Fix 7: a ``finish`` piece after which the entry does not unpickle is not the last."""
+        if message.get("type") != "append_entries" or message.get("transmission") != "finish":
+            return message
+        received = getattr(self, "_SyncObj__recvTransmission")
+        if not isinstance(received, bytes):
+            return message  # no 'start' seen: pysyncobj's own handling
+        try:
+            ppickle.loads(received + message["data"])
+        except Exception:  # noqa: BLE001 (a partial pickle fails in many ways)
+            return {**message, "transmission": "process"}
+        return message
+
+    def _keeping_acknowledged(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Fix 6: an append of the current leader that only repeats entries this node already
+        acknowledged becomes an empty append after the last acknowledged one, so pysyncobj
+        neither cuts them off nor acknowledges anything it has not checked."""
+        if message.get("type") != "append_entries" or "prevLogIdx" not in message:
+            return message
+        transmission = message.get("transmission")
+        term, acknowledged = self._acknowledged
+        if transmission in ("start", "process") or message.get("term") != term \
+                or term != self.raftCurrentTerm:  # type: ignore[attr-defined]
+            return message
+        if transmission == "finish":  # one big entry, sent in pieces
+            data = getattr(self, "_SyncObj__recvTransmission") + message["data"]
+            entries = [ppickle.loads(data)]
+        else:
+            entries = list(message.get("entries", []))
+        raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        first, last = raft_log[0][1], raft_log[-1][1]
+        keep = min(acknowledged, last)
+        end = entries[-1][1] if entries else message["prevLogIdx"]
+        if keep <= end:
+            return message  # it brings entries past what we acknowledged: pysyncobj's way
+        for idx, entry_term in [(message["prevLogIdx"], message["prevLogTerm"]),
+                                *((e[1], e[2]) for e in entries)]:
+            if not first <= idx <= last or raft_log[idx - first][2] != entry_term:
+                return message  # not all ours already: a real conflict or gap
+        if transmission == "finish":
+            setattr(self, "_SyncObj__recvTransmission", "")  # as pysyncobj does on finish
+        repeated = {k: v for k, v in message.items() if k not in ("entries", "transmission", "data")}
+        repeated.update(prevLogIdx=keep, prevLogTerm=raft_log[keep - first][2], entries=[])
+        return repeated
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False,  # noqa: N802
+                                  nextNodeIdx: int | None = None, success: bool = False) -> None:
+        if success:  # fix 6: remember what this follower acknowledged in this term
+            if nextNodeIdx is None:
+                nextNodeIdx = self._SyncObj__raftLog[-1][1] + 1  # type: ignore[attr-defined]
+            term, index = self._acknowledged
+            current = self.raftCurrentTerm  # type: ignore[attr-defined]
+            self._acknowledged = (current, nextNodeIdx - 1 if term != current
+                                  else max(index, nextNodeIdx - 1))
+        super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx,  # type: ignore[misc]
+                                          success=success)
 
     def _replay_membership(self, after: int) -> None:
         """Fix 5: re-apply the journal's membership changes past index `after`, in order."""
@@ -84,10 +203,20 @@ class RaftFixes:
             if before is not None and after is not None and after < before:
                 self._SyncObj__raftNextIndex[node] = before  # type: ignore[attr-defined]  # fix 2
             return
+        if (message.get("type") == "next_node_idx" and message.get("reset")
+                and self._isLeader()):  # type: ignore[attr-defined]
+            before = self._SyncObj__raftNextIndex.get(node)  # type: ignore[attr-defined]
+            super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
+            after = self._SyncObj__raftNextIndex.get(node)  # type: ignore[attr-defined]
+            if self._stale_reset(before, after):  # fix 8
+                self._SyncObj__raftNextIndex[node] = before  # type: ignore[attr-defined]
+            return
         # A snapshot message is an append_entries without prevLogIdx ('serialized' carries a
         # chunk, or None while the leader's dump is still being written).
         snapshot = message.get("type") == "append_entries" and "prevLogIdx" not in message
         if not snapshot:
+            message = self._finish_when_complete(message)  # fix 7
+            message = self._keeping_acknowledged(message)  # fix 6
             super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
             return
         before = self.raftCommitIndex  # type: ignore[attr-defined]
