@@ -170,3 +170,32 @@ def test_a_restarted_node_keeps_the_membership_changes_in_its_journal(
         assert members == ({joined} if remembers else {old})
     finally:
         again._doDestroy()
+
+
+@pytest.mark.parametrize("cls,remembers", [(SyncObj, False), (Guarded, True)])
+def test_a_voter_removed_and_added_back_is_still_a_voter_after_a_restart(
+        tmp_path: Path, cls: type[SyncObj], remembers: bool) -> None:
+    """The removal is committed, the re-add is not yet: the restarted node must use the
+    latest configuration in its log (the re-add), not re-run the committed removal after it."""
+    me, other, back = (f"127.0.0.1:{free_port()}" for _ in range(3))
+
+    def conf() -> SyncObjConf:
+        return SyncObjConf(autoTick=False, dynamicMembershipChange=True,
+                           journalFile=str(tmp_path / "raft.journal"))
+
+    obj = cls(me, [other, back], conf())
+    raft_log = obj._SyncObj__raftLog
+    raft_log.add(bytes([_COMMAND_TYPE.MEMBERSHIP]) + pickle.dumps(["rem", back]), 2, 1)
+    raft_log.add(bytes([_COMMAND_TYPE.MEMBERSHIP]) + pickle.dumps(["add", back]), 3, 1)
+    raft_log.setRaftCommitIndex(2)
+    obj._doDestroy()
+
+    # Restarted with the voter list saved before the re-add (membership.json lags a little).
+    again = cls(me, [other], conf())
+    try:
+        again._SyncObj__raftCommitIndex = 2
+        again._SyncObj__applyLogEntries()  # what its first ticks do with the committed entry
+        members = {n.id for n in again._SyncObj__otherNodes}
+        assert members == ({other, back} if remembers else {other})
+    finally:
+        again._doDestroy()

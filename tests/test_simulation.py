@@ -43,6 +43,8 @@ FIX_SEEDS: dict[int, tuple[dict[str, Any], frozenset[int]]] = {
     1: ({**_ONE_CYCLE, "seed": 3}, frozenset()),
     2: ({**_ONE_CYCLE, "seed": 5, "faults": frozenset({"partitions", "crashes", "flaky"}),
          "append_batch_bytes": 600}, frozenset({6})),
+    5: ({**_ONE_CYCLE, "seed": 1, "nodes": 5, "faults": frozenset({"crashes", "joins"})},
+        frozenset()),
     6: ({**_ONE_CYCLE, "seed": 13}, frozenset()),
     7: ({**_ONE_CYCLE, "seed": 1, "append_batch_bytes": 1024}, frozenset()),
     8: ({**_ONE_CYCLE, "seed": 1, "append_batch_bytes": 600}, frozenset()),
@@ -115,6 +117,13 @@ def test_a_follower_dropping_entries_it_acknowledged_is_caught() -> None:
     problem = invariants.dropped_acknowledged("n2", (4, 120), 4, 118)
     assert problem == ("n2 acknowledged entries up to 120 in term 4, then its log ended at "
                        "118 (same term)")
+
+
+def test_a_restart_that_changes_the_voter_set_is_caught() -> None:
+    voters = {"n1:4321", "n2:4321", "n3:4321"}
+    assert invariants.voters_changed("n2", voters, set(voters)) is None
+    problem = invariants.voters_changed("n2", voters | {"n4:4321"}, voters)
+    assert problem is not None and "forgot ['n4:4321']" in problem
 
 
 def test_a_lost_acknowledged_command_is_caught() -> None:

@@ -157,13 +157,37 @@ class Nemesis:
             grace = self.sim.config.voter_grace_s
             duration = min(grace + self.rng.uniform(2.0, 10.0),
                            max(duration, self.window_s - self.sim.loop.time()))
-        self.record("crash", node=victim.node_id, seconds=duration)
+        await self._kill(victim, duration)
+
+    async def _kill(self, victim: SimNode, duration: float, **why: object) -> None:
+        """kill -9 now, restart from its disk after ``duration`` (unless healed first)."""
+        self.record("crash", node=victim.node_id, seconds=duration, **why)
         victim.crash()
         self._down.add(victim.node_id)
         await asyncio.sleep(duration)
         if victim.node_id in self._down:
             self._down.discard(victim.node_id)
             victim.boot()
+
+    def after_membership_change(self, node: SimNode) -> None:
+        """Buggify: sometimes kill a node just after its voter set changed — before it has
+        written ``membership.json`` — so its restart has only the Raft journal to say who
+        votes (what RaftFixes fix 5 replays)."""
+        if "crashes" not in self.kinds or not node.alive or node.node_id in self._down \
+                or self.active >= 2 or self.sim.loop.time() >= self.window_s \
+                or self.rng.random() >= 0.3:
+            return
+        self.active += 1
+        self.sim.spawn(self._crash_soon(node, self.rng.uniform(0.0, 0.3),
+                                        self.rng.uniform(1.0, 5.0)))
+
+    async def _crash_soon(self, victim: SimNode, delay: float, duration: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if victim.alive and victim.node_id not in self._down:
+                await self._kill(victim, duration, after="membership change")
+        finally:
+            self.active -= 1
 
     async def _pause(self, duration: float) -> None:
         alive = [n for n in self._alive() if not n.paused]

@@ -27,6 +27,7 @@ ONE_LEADER = "one-leader-per-term"
 SAME_ENTRIES = "replicas-apply-the-same-entries"
 SAME_DIGEST = "same-index-same-digest"
 KEEPS_ACKED = "followers-keep-acknowledged-entries"
+VOTERS_KEPT = "a-restart-keeps-the-voter-set"
 ACKED_KEPT = "no-acknowledged-command-lost"
 ONE_LEASE = "one-live-lease-per-job"
 FENCED = "no-stale-completion-accepted"
@@ -35,7 +36,7 @@ RELEASES = "releases-complete-and-replicated"
 LIVENESS = "converges-and-progresses-after-faults"
 NO_ERRORS = "no-exceptions-in-replicas"
 
-ALL = (ONE_LEADER, SAME_ENTRIES, SAME_DIGEST, KEEPS_ACKED, ACKED_KEPT, ONE_LEASE, FENCED, CYCLES_END,
+ALL = (ONE_LEADER, SAME_ENTRIES, SAME_DIGEST, KEEPS_ACKED, VOTERS_KEPT, ACKED_KEPT, ONE_LEASE, FENCED, CYCLES_END,
        RELEASES, LIVENESS, NO_ERRORS)
 
 
@@ -84,6 +85,17 @@ def dropped_acknowledged(node: str, acked: tuple[int, int], term: int, last: int
         return (f"{node} acknowledged entries up to {acked_index} in term {term}, then its log "
                 f"ended at {last} (same term)")
     return None
+
+
+def voters_changed(node: str, before: set[str], after: set[str]) -> str | None:
+    """A replica's voter set is the latest configuration in its log, and the log is durable:
+    a node restarted from its disk starts with the voter set it had when it stopped (else it
+    counts votes and acknowledgements against a configuration the others have left)."""
+    if before == after:
+        return None
+    lost, gained = sorted(before - after), sorted(after - before)
+    return (f"{node} restarted with voters {sorted(after)}; before the crash its log said "
+            f"{sorted(before)} (forgot {lost or 'nothing'}, added {gained or 'nothing'})")
 
 
 def digest_conflicts(replicas: Iterable[tuple[str, int, str]]) -> list[str]:

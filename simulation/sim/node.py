@@ -72,6 +72,7 @@ class SimNode:
         self.paused = False
         self.slow = 1.0
         self.incarnation = 0
+        self._voters_at_crash: set[str] | None = None  # checked when it restarts
         self.log: SimLog | None = None
         self.discovered_via = "static"
         self.running: dict[int, SimBuild] = {}
@@ -155,6 +156,10 @@ class SimNode:
         if self.cfg.check_follower_acks:
             self.sim.checker.fail(invariants.KEEPS_ACKED, self.loop.time(), problem)
 
+    def observe_membership_change(self, log: SimLog) -> None:
+        """pysyncobj changed this replica's voter set (an entry appended, or replayed)."""
+        self.sim.nemesis.after_membership_change(self)
+
     def observe_tick_error(self, log: SimLog, exc: BaseException) -> None:
         self.sim.checker.fail(invariants.NO_ERRORS, self.loop.time(),
                               f"{self.node_id}: pysyncobj tick raised {type(exc).__name__}: {exc}")
@@ -187,6 +192,9 @@ class SimNode:
         self._tasks = []
         self.running = {}
         if self.log is not None:
+            # Raft's configuration is the latest one in the log, and the log is on disk:
+            # the restarted replica must start from this voter set (checked in _start).
+            self._voters_at_crash = set(self.log.members())
             self.log.close()
             self.log = None
         self.network.resume(self.address)
@@ -264,6 +272,11 @@ class SimNode:
     async def _start(self) -> None:
         voter, voters = await self._find_swarm()
         self._open(voter, voters)
+        before, self._voters_at_crash = self._voters_at_crash, None
+        if before is not None:
+            problem = invariants.voters_changed(self.node_id, before, set(self._log().members()))
+            if problem is not None:
+                self.sim.checker.fail(invariants.VOTERS_KEPT, self.loop.time(), problem)
         await self._log().wait_ready(STARTUP_CATCH_UP_S)
         for coro, name in ((self._join(), "join"), (self._worker(), "worker"),
                            (self._maintenance(), "maintenance"), (self._replicator(), "replicator"),

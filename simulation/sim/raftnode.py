@@ -57,6 +57,8 @@ class ReplicaHost(Protocol):
 
     def observe_ack_dropped(self, log: SimLog, problem: str) -> None: ...
 
+    def observe_membership_change(self, log: SimLog) -> None: ...
+
 
 class SimSyncObj(_SwarmSyncObj):
     """``_SwarmSyncObj`` on the simulated transport; queuing a command wakes the node (the
@@ -80,6 +82,11 @@ class SimSyncObj(_SwarmSyncObj):
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802
         super()._SyncObj__loadDumpFile(clearJournal)
         self._sim_log.host.observe_dump_loaded(self._sim_log, clearJournal)
+
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> Any:  # noqa: N802
+        result = super()._SyncObj__doChangeCluster(request, reverse)  # type: ignore[misc]
+        self._sim_log.host.observe_membership_change(self._sim_log)
+        return result
 
     def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False,  # noqa: N802
                                   nextNodeIdx: int | None = None, success: bool = False) -> None:
@@ -112,10 +119,14 @@ class _WithoutFix2:
 
 
 class _WithoutFix5:
-    """Fix 5 off: a restarted node keeps only the dump's and the constructor's membership."""
+    """Fix 5 off: a restarted node keeps only the dump's and the constructor's membership,
+    and re-runs membership entries as they are applied."""
 
     def _replay_membership(self, after: int) -> None:
         return
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802
+        return SyncObj._SyncObj__doApplyCommand(self, command)  # type: ignore[attr-defined]
 
 
 class _WithoutFix6:

@@ -28,9 +28,15 @@
    membership change when the entry is appended, but when it restarts it only restores the
    membership stored in its dump (and the constructor's list): changes in the journal after the
    dump are lost, so a restarted node talks to the wrong voter set (it ignores a node added by
-   discovery, or counts one that was removed). :class:`RaftFixes` replays the journal's membership
-   entries after the dump (or from the start when there is no dump), the way they were applied
-   when first appended.
+   discovery, or counts one that was removed). pysyncobj re-runs a membership entry when it is
+   *applied* (committed), meant to catch up after a restart — but that runs old changes after
+   newer ones: a voter removed (committed) and added back (not yet committed) is removed again
+   when the restarted node applies the removal. :class:`RaftFixes` replays the journal's
+   membership entries after the dump (or from the start when there is no dump), in order, the
+   way they were applied when first appended, and does not re-run them when they are applied:
+   every path that puts an entry in the log (the leader's append, a follower's append, a
+   snapshot plus this replay) has already applied it. The simulator's seed crashes a leader
+   just after it added a voter back (``a-restart-keeps-the-voter-set``).
 6. **A follower throws away entries it acknowledged when the leader repeats itself.** A
    leader answers every ``reset`` by rewinding the follower's next index, and a follower that
    was behind sends one reset per append it could not use: the first makes the leader send
@@ -183,6 +189,15 @@ class RaftFixes:
                                   else max(index, nextNodeIdx - 1))
         super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx,  # type: ignore[misc]
                                           success=success)
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802 (pysyncobj's name)
+        """Fix 5: a committed membership entry was applied when it was appended (or replayed
+        on restart); running it again here would undo any later change."""
+        conf = self._SyncObj__conf  # type: ignore[attr-defined]
+        parse = self._SyncObj__parseChangeClusterRequest  # type: ignore[attr-defined]
+        if conf.dynamicMembershipChange and parse(command) is not None:
+            return None
+        return super()._SyncObj__doApplyCommand(command)  # type: ignore[misc]
 
     def _replay_membership(self, after: int) -> None:
         """Fix 5: re-apply the journal's membership changes past index `after`, in order."""
