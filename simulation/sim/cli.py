@@ -72,7 +72,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=_positive(int), default=5, help="cluster size (default 5)")
     p.add_argument("--workload", default="synthetic",
                    help="synthetic (seeded, small), desktop "
-                        "(../shared/data/workloads/desktop.json) or a workload JSON file")
+                        "(tests/data/workloads/desktop.json, 709 packages) or a workload JSON file")
     p.add_argument("--packages", type=_positive(int), default=30,
                    help="size of the synthetic workload (default 30)")
     p.add_argument("--time-scale", type=_positive(float), default=None,

@@ -18,7 +18,8 @@ from typing import Any
 CATEGORY = "sim-pkgs"
 PROFILE = "sim"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NAMED = {"desktop": "../shared/data/workloads/desktop.json"}
+# The repository carries a copy of ../shared/data/workloads/desktop.json: any checkout has it.
+NAMED = {"desktop": "tests/data/workloads/desktop.json"}
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,12 @@ def synthetic(rng: random.Random, packages: int = 30, time_scale: float = 1.0) -
 
 def resolve(name: str) -> Path:
     """A named workload (``desktop``) relative to the repository, or a file path."""
-    path = Path(NAMED[name]) if name in NAMED else Path(name)
+    path = REPO_ROOT / NAMED[name] if name in NAMED else Path(name)
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
     if not path.is_file():
         raise FileNotFoundError(f"workload {name!r}: no file {path}; give `desktop` or the "
-                                "path of a JSON file like ../shared/data/workloads/desktop.json")
+                                "path of a JSON file like tests/data/workloads/desktop.json")
     return path
 
 
