@@ -231,3 +231,43 @@ async def test_three_real_nodes_keep_every_invariant_through_the_faults(tmp_path
                  "heal-all"):
         assert kind in done, f"{kind} never happened: {done}"
     assert result.cycle_id and result.release_id
+
+
+# -- the plan on the command line (no processes) -------------------------------------------------
+from simulation import faultplan  # noqa: E402
+from simulation.nemesis import cli as nemesis_cli  # noqa: E402
+from simulation.nemesis.runner import NemesisResult, write_out  # noqa: E402
+from simulation.sim.history import History  # noqa: E402
+
+
+def test_print_plan_prints_the_seeded_plan_and_runs_nothing(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No root needed, nothing started: the JSON is exactly plan(seed, nodes, kinds, …)."""
+    assert nemesis_cli.main(["--seed", "4", "--nodes", "3", "--faults", "all",
+                             "--duration", "25", "--max-active", "1", "--print-plan"]) == 0
+    printed = faultplan.from_json(json.loads(capsys.readouterr().out), 3)
+    assert printed == plan(4, 3, parse_kinds("all"), 25.0, 1)
+
+
+def test_a_plan_file_is_read_checked_and_printed_back(capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path) -> None:
+    mine = tmp_path / "mine.json"
+    mine.write_text(faultplan.dumps(PLAN))
+    assert nemesis_cli.main(["--nodes", "3", "--duration", str(WINDOW_S), "--plan-file",
+                             str(mine), "--print-plan"]) == 0
+    assert tuple(faultplan.from_json(json.loads(capsys.readouterr().out), 3)) == PLAN
+    # too few nodes for the plan's indexes, or a window that ends before a fault starts
+    assert nemesis_cli.main(["--nodes", "2", "--plan-file", str(mine), "--print-plan"]) == 2
+    assert "node index 2 out of range" in capsys.readouterr().err
+    assert nemesis_cli.main(["--nodes", "3", "--duration", "10", "--plan-file", str(mine),
+                             "--print-plan"]) == 2
+    assert "starts after the 10s fault window ends" in capsys.readouterr().err
+
+
+def test_a_run_directory_keeps_its_plan_for_either_tier(tmp_path: Path) -> None:
+    """plan.json (and result.json's plan) read back as the run's plan: what --plan-file of
+    this tier or of the simulator takes."""
+    result = NemesisResult(5, True, [], History(), list(PLAN), ["n1", "n2", "n3"])
+    write_out(result, tmp_path)
+    assert tuple(faultplan.read(str(tmp_path / "plan.json"), 3, WINDOW_S)) == PLAN
+    assert tuple(faultplan.read(str(tmp_path / "result.json"), 3, WINDOW_S)) == PLAN

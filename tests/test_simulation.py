@@ -279,3 +279,146 @@ def test_cli_run_prints_ok_and_replays_under_a_fixed_hash_seed() -> None:
     history = [line for line in out[0].stdout.splitlines() if "history" in line]
     assert history and history == [line for line in out[1].stdout.splitlines()
                                    if "history" in line]
+
+
+# -- one plan, two tiers (simulation/faultplan.py) ----------------------------------------------
+import json  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from simulation import faultplan  # noqa: E402
+from simulation.sim.clock import on_grid as _on_grid  # noqa: E402
+from simulation.sim.simulation import RunResult, fault_window  # noqa: E402
+
+TIMED = ("partitions", "crashes", "pauses", "flaky", "slow", "restart-all")
+#: the nemesis event each planned kind shows as in the simulator's history
+EVENT = {"partitions": "partition", "crashes": "crash", "pauses": "pause", "flaky": "flaky",
+         "slow": "slow", "restart-all": "restart-all"}
+PLAN_SEEDS = (1, 4)  # each: every timed kind planned, invariants hold (3 nodes, 1 cycle)
+
+
+def _sim_cli(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    return subprocess.Popen([sys.executable, "-m", "simulation", "run", "--nodes", "3",
+                             "--cycles", "1", "--history", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _events(stdout: str) -> list[tuple[float, str, str, dict[str, str]]]:
+    """(t, node, kind, fields) of every history line ``--history`` printed."""
+    out = []
+    lines = stdout.split("--- history ---\n", 1)[1].splitlines()
+    for line in lines:
+        if line.startswith("  invariants:"):
+            break
+        t, node, kind, *rest = line.split(None, 3)
+        detail = rest[0] if rest else ""
+        fields = dict(f.split("=", 1) for f in detail.split(" ") if "=" in f) \
+            if node != "plan" else {"line": detail.split("=", 1)[1]}
+        out.append((float(t), node, kind, fields))
+    return out
+
+
+def _check_executed(plan: list[faultplan.Fault], stdout: str) -> None:
+    """The history starts with the plan's lines; each planned fault happened once, at its
+    virtual time, on its node (or says which it replaced); nothing else was injected but the
+    seeded buggify crash after a membership change."""
+    names = ["n1", "n2", "n3"]
+    events = _events(stdout)
+    assert [f["line"] for _, node, _, f in events if node == "plan"] == \
+        faultplan.describe(plan, names)
+    injected = [(t, kind, f) for t, node, kind, f in events
+                if node == "nemesis" and kind in EVENT.values()]
+    planned = {int(f["plan"]): (t, kind, f) for t, kind, f in injected if "plan" in f}
+    assert sorted(planned) == list(range(len(plan)))
+    for k, fault in enumerate(plan):
+        t, kind, f = planned[k]
+        assert kind == EVENT[fault.kind]
+        assert abs(t - _on_grid(fault.at)) < 2e-6, (k, t, fault.at)
+        if fault.kind in ("crashes", "pauses", "slow") and fault.shape == "node":
+            assert names[fault.nodes[0]] in (f["node"], f.get("instead_of")), (fault, f)
+        if fault.kind == "partitions" and fault.shape != "leader":
+            side = fault.nodes[:-1] if fault.shape == "bridge" else fault.nodes
+            assert f["side"] == "[" + ",".join(names[i] for i in side) + "]", (fault, f)
+        if fault.kind == "slow" and "instead_of" not in f:
+            assert float(f["factor"]) == pytest.approx(1 + fault.delay_ms / 100)
+    others = [f for _, _, f in injected if "plan" not in f]
+    assert all(f.get("after", "").startswith("membership") for f in others), others
+
+
+def test_the_simulator_runs_a_seeded_plan_fault_for_fault_and_keeps_every_invariant() -> None:
+    """``run --plan``: faultplan.plan(seed, nodes, kinds, the sim's fault window) exactly."""
+    procs = {seed: _sim_cli("--seed", str(seed), "--faults", ",".join(TIMED), "--plan")
+             for seed in PLAN_SEEDS}
+    for seed, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "invariants:       OK" in stdout, stdout[-3000:] + stderr
+        config = SimConfig(seed=seed, nodes=3, cycles=1, faults=frozenset(TIMED))
+        plan = faultplan.plan(seed, 3, TIMED, fault_window(config))
+        assert {f.kind for f in plan} == set(TIMED)
+        _check_executed(plan, stdout)
+        assert f"(a plan of {len(plan)}: seeded, --plan)" in stdout
+
+
+def test_the_simulator_runs_a_plan_file_a_user_wrote(tmp_path: Path) -> None:
+    plan = [faultplan.Fault(2.0, "partitions", 5.0, "bridge", (0, 1)),
+            faultplan.Fault(4.0, "crashes", 3.0, "node", (2,)),
+            faultplan.Fault(9.0, "slow", 4.0, "node", (0,), 300.0),
+            faultplan.Fault(10.0, "pauses", 2.5, "leader"),  # a bit after the slow one ends
+            faultplan.Fault(14.0, "flaky", 3.0)]
+    with pytest.raises(ValueError, match="overlap"):  # checked as a file would be
+        faultplan.validate(plan, 3)
+    plan[3] = faultplan.Fault(13.5, "pauses", 2.5, "leader")
+    path = tmp_path / "plan.json"
+    path.write_text(faultplan.dumps(plan))
+    proc = _sim_cli("--seed", "2", "--plan-file", str(path))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "invariants:       OK" in stdout, stdout[-3000:] + stderr
+    assert "faults crashes,flaky,partitions,pauses,slow" in stdout  # the file's kinds
+    assert f"(a plan of 5: {path})" in stdout
+    _check_executed(plan, stdout)
+
+
+def _run_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["run", *argv])
+
+
+def test_print_plan_shows_the_plan_without_running(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    assert cli.cmd_run(_run_args("--seed", "6", "--nodes", "4", "--faults", "all",
+                                 "--fault-window", "50", "--print-plan")) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert faultplan.from_json(printed, 4) == faultplan.plan(6, 4, TIMED, 50.0)
+    # without --fault-window: the window the run would have
+    assert cli.cmd_run(_run_args("--seed", "6", "--faults", "crashes,slow", "--print-plan")) == 0
+    window = fault_window(SimConfig(seed=6, faults=frozenset({"crashes", "slow"})))
+    assert faultplan.from_json(json.loads(capsys.readouterr().out), 5) == \
+        faultplan.plan(6, 5, ["crashes", "slow"], window)
+    # a file is printed as read (checked against --nodes and the window)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"at": 1, "kind": "pauses", "seconds": 2, "shape": "node",
+                                 "nodes": [3]}]))
+    assert cli.cmd_run(_run_args("--nodes", "4", "--plan-file", str(path), "--print-plan")) == 0
+    assert json.loads(capsys.readouterr().out)[0]["nodes"] == [3]
+    assert cli.cmd_run(_run_args("--nodes", "3", "--plan-file", str(path), "--print-plan")) == 2
+    assert "node index 3 out of range" in capsys.readouterr().err
+
+
+def test_a_planned_run_replays_with_its_plan_and_the_default_draws_as_before(
+        tmp_path: Path) -> None:
+    base = SimConfig(seed=7, nodes=3, cycles=1, faults=frozenset({"partitions"}))
+    assert "--plan" not in RunResult(7, base, True, [], "", 0, 0, {}).replay_command()
+    planned = RunResult(7, replace(base, planned=True), True, [], "", 0, 0, {})
+    assert planned.replay_command().endswith("--faults partitions --plan")
+    filed = replace(base, plan=(faultplan.Fault(1.0, "flaky", 2.0),), plan_file="p.json")
+    assert RunResult(7, filed, True, [], "", 0, 0, {}).replay_command().endswith(
+        "--plan-file p.json")
+    args = argparse.ArgumentParser()
+    cli.add_parsers(args.add_subparsers(dest="command", required=True))
+    sweep = args.parse_args(["sweep", "--seeds", "3", "--faults", "crashes", "--plan"])
+    assert cli._config(sweep, 4).planned
+    # the default path builds no plan (its faults are drawn as the run goes, as before)
+    sim = Simulation(base, tmp_path)
+    assert sim.plan is None and sim.nemesis.plan is None and sim.nemesis.plan_rng is None
+    assert not [e for e in sim.history.events if e.node == "plan"]

@@ -2,7 +2,11 @@
 
 ``simulation/__main__.py`` may route ``nemesis`` here through :func:`add_parsers`. The handler
 returns the exit code: 0 if every invariant held, 1 if one did not (seed, invariant and the
-history tail are printed), 2 if the run could not start (not root, no ``ip``).
+history tail are printed), 2 if the run could not start (not root, no ``ip``, a bad plan file).
+
+The faults are a :mod:`simulation.faultplan` plan: seeded (``--seed``, ``--faults``,
+``--duration``, ``--max-active``) or read from ``--plan-file``; ``--print-plan`` prints it as
+JSON and runs nothing (no root needed), and every run saves it as ``plan.json``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from simulation.faultplan import Fault, dumps, plan, read
+
 from .nodes import Timings
-from .runner import NemesisConfig, example_profile, run, write_out
+from .runner import NemesisConfig, example_profile, run, write_out, write_plan
 from .schedule import parse_kinds
 
 
@@ -56,6 +62,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
                         "bundled example repository's desktop profile)")
     p.add_argument("--profile", default=None,
                    help="the profile to build (default: the first table in --profile-toml)")
+    p.add_argument("--plan-file", type=Path, default=None, metavar="FILE.json",
+                   help="run this fault plan (a plan.json of an earlier run, --print-plan's "
+                        "output, or one written by hand) instead of the seeded one; "
+                        "--faults and --max-active are then unused")
+    p.add_argument("--print-plan", action="store_true",
+                   help="print the plan as JSON and exit without running anything")
     p.set_defaults(func=cmd_nemesis)
 
 
@@ -80,7 +92,23 @@ def _first_profile(text: str) -> str:
     return str(next(iter(profiles)))
 
 
+def faults_of(args: argparse.Namespace) -> list[Fault]:
+    """The run's plan: ``--plan-file`` (checked against ``--nodes`` and ``--duration``), or
+    the seeded one. ValueError says what is wrong with a file."""
+    if args.plan_file is not None:
+        return read(str(args.plan_file), args.nodes, args.duration)
+    return plan(args.seed, args.nodes, args.faults, args.duration, args.max_active)
+
+
 def cmd_nemesis(args: argparse.Namespace) -> int:
+    try:
+        faults = faults_of(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_plan:
+        print(dumps(faults))
+        return 0
     if os.geteuid() != 0 or shutil.which("ip") is None:
         print("nemesis needs root and `ip` (iproute2): it makes network namespaces",
               file=sys.stderr)
@@ -99,19 +127,24 @@ def cmd_nemesis(args: argparse.Namespace) -> int:
     else:
         profile = args.profile or "desktop"
         toml = example_profile(root, profile)
+    plan_path = write_plan(faults, root)
     config = NemesisConfig(root=root, profiles_toml=toml, profile=profile, seed=args.seed,
                            nodes=args.nodes, kinds=args.faults, window_s=args.duration,
-                           max_active=args.max_active, timings=Timings())
+                           max_active=args.max_active, plan=tuple(faults), timings=Timings())
     result = run(config)
     print(result.report())
     write_out(result, root)
     if result.ok and args.out is None:
         shutil.rmtree(root, ignore_errors=True)
     else:
-        print(f"run directory (node logs, history.txt, result.json): {root}")
+        print(f"run directory (node logs, history.txt, result.json, plan.json): {root}")
     if not result.ok:
+        how = (f"--plan-file {args.plan_file}" if args.plan_file is not None else
+               f"--faults {','.join(sorted(args.faults))} --max-active {args.max_active}")
         print(f"replay: python -m simulation.nemesis --seed {args.seed} --nodes {args.nodes} "
-              f"--faults {','.join(sorted(args.faults))} --duration {args.duration:g}")
+              f"--duration {args.duration:g} {how}")
+        print(f"the same plan in the simulator: python -m simulation run --seed {args.seed} "
+              f"--nodes {args.nodes} --fault-window {args.duration:g} --plan-file {plan_path}")
     return 0 if result.ok else 1
 
 

@@ -13,10 +13,11 @@ import random
 from dataclasses import dataclass, field
 from itertools import count
 
+from simulation.faultplan import LEADER, Fault
+
 from .nodes import NodeProcess
 from .proxy import BLACKHOLE, CUT, DELAY, HEALTHY, RESET, RST, LinkFault, Proxy, delay
 from .recorder import Recorder
-from .schedule import LEADER, Fault
 
 LinkSet = frozenset[tuple[str, str]]
 _RANK = {BLACKHOLE: 3, RESET: 2, DELAY: 1}

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from simulation.faultplan import KINDS, Fault, dumps, plan, to_json
 from simulation.sim import invariants as inv
 from simulation.sim.history import History, Violation
 
@@ -29,7 +30,6 @@ from .netns import Namespaces, SocketFactory
 from .nodes import NodeProcess, Timings
 from .proxy import Endpoint, Proxy
 from .recorder import Recorder, Sample
-from .schedule import KINDS, Fault, plan
 
 T = TypeVar("T")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ class NemesisResult:
     def to_json(self) -> dict[str, Any]:
         return {"seed": self.seed, "ok": self.ok, "phases": self.phases,
                 "cycle_id": self.cycle_id, "release_id": self.release_id,
-                "samples": self.samples, "plan": [asdict(f) for f in self.plan],
+                "samples": self.samples, "plan": to_json(self.plan),
                 "violations": [asdict(v) for v in self.violations]}
 
 
@@ -383,9 +383,17 @@ def run(config: NemesisConfig) -> NemesisResult:
     return asyncio.run(run_async(config))
 
 
-def write_out(result: NemesisResult, out: Path) -> None:
-    """``result.json`` and the whole ``history.txt`` (node logs and data dirs are already
-    there when ``out`` was the run's root)."""
+def write_plan(faults: list[Fault], out: Path) -> Path:
+    """``plan.json``: the run's faults as ``--plan-file`` (either tier) reads them back."""
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "plan.json"
+    path.write_text(dumps(faults) + "\n")
+    return path
+
+
+def write_out(result: NemesisResult, out: Path) -> None:
+    """``result.json``, ``plan.json`` and the whole ``history.txt`` (node logs and data dirs
+    are already there when ``out`` was the run's root)."""
+    write_plan(result.plan, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     (out / "history.txt").write_text("\n".join(e.line() for e in result.history.events) + "\n")

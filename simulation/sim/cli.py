@@ -7,12 +7,17 @@ printed, with the command that replays it).
 
 pysyncobj iterates Python sets of nodes, so a run is only reproducible with a fixed
 PYTHONHASHSEED: the handlers re-exec the interpreter with PYTHONHASHSEED=0 when it is not set.
+
+``--plan`` runs the seeded :mod:`simulation.faultplan` plan (the multi-process nemesis's) for
+the timed kinds of ``--faults``; ``run --plan-file FILE.json`` runs a saved one (its kinds are
+added to ``--faults``); ``run --print-plan`` prints the plan as JSON and runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -21,9 +26,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from simulation.faultplan import Fault, dumps, read
+
 from .faults import parse_faults
 from .raftnode import SWITCHABLE_FIXES
-from .simulation import RunResult, SimConfig, run
+from .simulation import RunResult, SimConfig, fault_plan, fault_window, run
 
 HASH_SEED = "0"
 
@@ -91,14 +98,56 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "small values split resends into many messages")
 
 
-def _config(args: argparse.Namespace, seed: int) -> SimConfig:
+def _plan_options(p: argparse.ArgumentParser, files: bool) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--plan", action="store_true",
+                       help="timed faults from the seeded plan the multi-process nemesis "
+                            "runs (simulation/faultplan.py) instead of drawn as the run goes")
+    if files:
+        group.add_argument("--plan-file", default=None, metavar="FILE.json",
+                           help="timed faults from this plan (a nemesis run's plan.json, "
+                                "--print-plan's output, or one written by hand); its kinds "
+                                "are added to --faults")
+        p.add_argument("--print-plan", action="store_true",
+                       help="print the plan (--plan-file's, or the seeded one) as JSON and "
+                            "exit without running")
+
+
+def _config(args: argparse.Namespace, seed: int,
+            loaded: tuple[Fault, ...] | None = None) -> SimConfig:
+    """``loaded``: the ``--plan-file``'s faults (read once by the caller)."""
     scale = args.time_scale
     if scale is None:
         scale = 0.01 if args.workload != "synthetic" else 1.0
+    faults = args.faults
+    plan_file = getattr(args, "plan_file", None)
+    if loaded is not None:
+        faults = faults | {f.kind for f in loaded}
     return SimConfig(seed=seed, nodes=args.nodes, workload=args.workload,
                      packages=args.packages, time_scale=scale, cycles=args.cycles,
-                     faults=args.faults, no_fix=args.no_fix, fault_window_s=args.fault_window,
-                     append_batch_bytes=args.append_batch_bytes)
+                     faults=faults, no_fix=args.no_fix, fault_window_s=args.fault_window,
+                     append_batch_bytes=args.append_batch_bytes,
+                     planned=bool(getattr(args, "plan", False)), plan=loaded,
+                     plan_file=plan_file if loaded is not None else None)
+
+
+def _run_config(args: argparse.Namespace) -> tuple[SimConfig, list[Fault] | None]:
+    """``run``'s config and the plan it will execute (None: drawn as it goes); ValueError
+    for a plan file that does not fit this cluster or its fault window."""
+    loaded = None
+    if args.plan_file is not None:
+        loaded = tuple(read(args.plan_file, args.nodes))
+    config = _config(args, args.seed, loaded)
+    if args.print_plan and loaded is None:
+        config = dataclasses.replace(config, planned=True)  # what --plan would run
+    if config.plan is None and not config.planned:
+        return config, None
+    window = fault_window(config)
+    try:
+        return config, fault_plan(config, window)
+    except ValueError as exc:
+        raise ValueError(f"{args.plan_file}: {exc} (the window is --fault-window, or 60 % of "
+                         "the expected build time)") from None
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -109,6 +158,7 @@ def add_parsers(subparsers: Any) -> None:
                                           "invariant held. The same seed replays exactly.")
     p.add_argument("--seed", type=int, default=1)
     _common(p)
+    _plan_options(p, files=True)
     p.add_argument("--history", action="store_true", help="print the whole event history")
     p.set_defaults(func=cmd_run)
     s = subparsers.add_parser("sweep", help="many seeds in parallel; list the failing ones",
@@ -119,6 +169,7 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--start", type=int, default=1, help="first seed (default 1)")
     s.add_argument("--workers", type=_positive(int), default=2)
     _common(s)
+    _plan_options(s, files=False)
     s.set_defaults(func=cmd_sweep)
 
 
@@ -132,6 +183,9 @@ def print_result(result: RunResult, history: list[str] | None = None) -> None:
     print(f"  virtual time      {result.virtual_s:10.1f} s   (wall {result.wall_s:.2f} s)")
     print(f"  leaders / terms   {s['leaders']:>6} / {s['terms']}")
     faults = ", ".join(f"{k} {v}" for k, v in s["faults"].items()) or "none"
+    if "planned" in s:
+        source = c.plan_file or ("seeded, --plan" if c.planned else "given")
+        faults += f"  (a plan of {s['planned']}: {source})"
     print(f"  faults injected   {faults}")
     if s["faults_healed_at_s"] is not None:
         conv = s["converged_at_s"]
@@ -161,8 +215,15 @@ def print_result(result: RunResult, history: list[str] | None = None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config, faults = _run_config(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_plan:
+        print(dumps(faults or []))
+        return 0
     ensure_hash_seed()
-    config = _config(args, args.seed)
     result = _run_with_history(config) if args.history else (run(config), None)
     print_result(*result)
     return 0 if result[0].ok else 1

@@ -19,6 +19,14 @@ Kinds (``--faults``; ``all`` is every one):
 At most two timed faults overlap; at the end of the fault window every fault is healed at once
 (partitions lifted, crashed nodes restarted, paused ones resumed, slow ones back to speed), and
 the liveness invariant starts its clock.
+
+By default the timed faults are drawn as the run goes, from the live state. Given a
+:mod:`simulation.faultplan` plan (``--plan``, ``--plan-file``) the nemesis instead starts each
+planned fault at its virtual time, on node index *i* = the *i*-th node, the way the
+multi-process tier does (a planned victim that is down or already under a node fault is
+replaced by another running node, ``instead_of=`` in the history; a slow node's factor is
+``1 + delay_ms / 100``). ``failures``, ``joins`` and the buggify crash after a membership
+change are not in a plan: they still come from the seed.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from simulation.faultplan import LEADER, Fault
 
 from .network import pair
 
@@ -63,6 +73,8 @@ class Nemesis:
     injected: list[str] = field(default_factory=list)
     active: int = 0
     healed_at: float | None = None
+    plan: list[Fault] | None = None          # execute this instead of drawing as it goes
+    plan_rng: random.Random | None = None    # a plan's choices made while it runs
     _partitions: list[set[tuple[str, str]]] = field(default_factory=list)
     _down: set[str] = field(default_factory=set)
 
@@ -71,6 +83,9 @@ class Nemesis:
         self.sim.history.record(self.sim.loop.time(), "nemesis", what, **fields)
 
     async def run(self) -> None:
+        if self.plan is not None:
+            await self._run_plan(self.plan)
+            return
         timed = sorted(k for k in self.kinds if k in TIMED)
         loop = self.sim.loop
         while timed:
@@ -122,6 +137,7 @@ class Nemesis:
         order = list(nodes)
         self.rng.shuffle(order)
         leader = self._leader()
+        bridge: SimNode | None
         if shape == "leader" and leader is not None:
             side_a, bridge = [leader], None
         elif shape == "bridge" and len(order) >= 3:
@@ -132,11 +148,16 @@ class Nemesis:
         else:
             shape, bridge = "halves", None
             side_a = order[: self.rng.randrange(1, len(order) // 2 + 1)]
+        await self._cut(shape, side_a, bridge, nodes, duration)
+
+    async def _cut(self, shape: str, side_a: list[SimNode], bridge: SimNode | None,
+                   nodes: list[SimNode], duration: float, **why: object) -> None:
+        """Cut every link between side A and the rest (but the bridge) for ``duration``."""
         a = {n.address for n in side_a}
         b = {n.address for n in nodes if n.address not in a and n is not bridge}
         cut_pairs = {pair(x, y) for x in a for y in b}
         self.record("partition", shape=shape, side=sorted(n.node_id for n in side_a),
-                    bridge=bridge.node_id if bridge else "-", seconds=duration)
+                    bridge=bridge.node_id if bridge else "-", seconds=duration, **why)
         self._partitions.append(cut_pairs)
         self.sim.network.block(cut_pairs)
         await asyncio.sleep(duration)
@@ -194,20 +215,25 @@ class Nemesis:
         if not alive:
             return
         victim = self.rng.choice(alive)
-        self.record("pause", node=victim.node_id, seconds=duration)
+        await self._hold_paused(victim, duration)
+
+    async def _hold_paused(self, victim: SimNode, duration: float, **why: object) -> None:
+        self.record("pause", node=victim.node_id, seconds=duration, **why)
         victim.pause()
         await asyncio.sleep(duration)
         victim.resume()
 
-    async def _flaky(self, duration: float) -> None:
-        self.record("flaky", seconds=duration)
+    async def _flaky(self, duration: float, rng: random.Random | None = None,
+                     **why: object) -> None:
+        rng = self.rng if rng is None else rng
+        self.record("flaky", seconds=duration, **why)
         end = self.sim.loop.time() + duration
         while self.sim.loop.time() < end and self.healed_at is None:
             broken = self.sim.network.break_random()
             if broken is not None:
                 self.sim.history.record(self.sim.loop.time(), "nemesis", "reset",
                                         link=f"{broken[0]}-{broken[1]}")
-            await asyncio.sleep(self.rng.uniform(0.2, 2.0))
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
 
     async def _slow(self, duration: float) -> None:
         alive = self._alive()
@@ -215,22 +241,94 @@ class Nemesis:
             return
         victim = self.rng.choice(alive)
         factor = round(self.rng.uniform(2.0, 5.0), 2)
-        self.record("slow", node=victim.node_id, factor=factor, seconds=duration)
+        await self._hold_slow(victim, factor, duration)
+
+    async def _hold_slow(self, victim: SimNode, factor: float, duration: float,
+                         **why: object) -> None:
+        self.record("slow", node=victim.node_id, factor=factor, seconds=duration, **why)
         victim.slow = factor
         await asyncio.sleep(duration)
         victim.slow = 1.0
 
-    async def _restart_all(self) -> None:
-        self.record("restart-all")
+    async def _restart_all(self, rng: random.Random | None = None, **why: object) -> None:
+        rng = self.rng if rng is None else rng
+        self.record("restart-all", **why)
         victims = self._alive()
         for node in victims:
             node.crash()
             self._down.add(node.node_id)
         for node in victims:
-            await asyncio.sleep(self.rng.uniform(0.2, 2.0))
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
             if node.node_id in self._down:
                 self._down.discard(node.node_id)
                 node.boot()
+
+    # -- a plan (simulation/faultplan.py) ---------------------------------------------------------
+    async def _run_plan(self, faults: list[Fault]) -> None:
+        """Start each planned fault at its virtual time; heal everything at the window's end."""
+        loop = self.sim.loop
+        for k, fault in sorted(enumerate(faults), key=lambda kf: (kf[1].at, kf[0])):
+            if fault.at >= self.window_s:
+                break
+            if fault.at > loop.time():
+                await asyncio.sleep(fault.at - loop.time())
+            self.active += 1
+            self.sim.spawn(self._planned(k, fault))
+        if loop.time() < self.window_s:
+            await asyncio.sleep(self.window_s - loop.time())
+        self.heal_all()
+
+    def _planned_victim(self, fault: Fault) -> tuple[SimNode | None, dict[str, object]]:
+        """The planned node (or the leader now) if it runs free of node faults; else another
+        that does, as the real tier picks (``instead_of`` says whom it replaced)."""
+        assert self.plan_rng is not None
+        free = [n for n in self._alive() if not n.paused and n.slow == 1.0
+                and n.node_id not in self._down]
+        want = self._leader() if fault.shape == LEADER else self.sim.nodes[fault.nodes[0]]
+        if want is not None and want in free:
+            return want, {"target": LEADER} if fault.shape == LEADER else {}
+        instead: dict[str, object] = {"instead_of": want.node_id if want is not None
+                                      else LEADER}
+        return (self.plan_rng.choice(free) if free else None), instead
+
+    async def _planned(self, k: int, fault: Fault) -> None:
+        assert self.plan_rng is not None
+        try:
+            if fault.kind == "partitions":
+                nodes = list(self.sim.nodes)
+                leader = self._leader()
+                bridge: SimNode | None = None
+                why: dict[str, object] = {"plan": k}
+                shape = fault.shape
+                if shape == LEADER and leader is not None:
+                    side = [leader]
+                elif shape == LEADER:  # nobody leads now: someone alone, as the real tier does
+                    shape, side = "halves", [self.plan_rng.choice(nodes)]
+                    why["instead_of"] = LEADER
+                elif shape == "bridge":
+                    bridge = nodes[fault.nodes[-1]]
+                    side = [nodes[i] for i in fault.nodes[:-1]]
+                else:
+                    side = [nodes[i] for i in fault.nodes]
+                await self._cut(shape, side, bridge, nodes, fault.seconds, **why)
+            elif fault.kind == "flaky":
+                await self._flaky(fault.seconds, self.plan_rng, plan=k)
+            elif fault.kind == "restart-all":
+                await self._restart_all(self.plan_rng, plan=k)
+            else:
+                victim, why = self._planned_victim(fault)
+                if victim is None:
+                    self.sim.history.record(self.sim.loop.time(), "nemesis", "skipped",
+                                            plan=k, what=fault.kind, why="no free node")
+                elif fault.kind == "crashes":
+                    await self._kill(victim, fault.seconds, plan=k, **why)
+                elif fault.kind == "pauses":
+                    await self._hold_paused(victim, fault.seconds, plan=k, **why)
+                elif fault.kind == "slow":
+                    await self._hold_slow(victim, round(1.0 + fault.delay_ms / 100.0, 2),
+                                          fault.seconds, plan=k, **why)
+        finally:
+            self.active -= 1
 
     def heal_all(self) -> None:
         """The fault window is over: lift partitions, restart, resume, restore speed."""

@@ -4,6 +4,10 @@ Everything random comes from the seed (:func:`clock.derive` gives each concern i
 generator); everything iterated is sorted; pysyncobj runs on the virtual clock. ``run(config)``
 returns a :class:`RunResult` whose ``history_hash`` is the same for the same seed and options,
 byte for byte (given a fixed PYTHONHASHSEED: pysyncobj iterates sets of nodes).
+
+With ``planned`` or ``plan`` the timed faults follow a :mod:`simulation.faultplan` plan (the
+one the multi-process nemesis runs) instead of being drawn as the run goes; without them
+nothing about a run changes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from swarmnode.consensus.raft import NoQuorum
 from swarmnode.node import decisions
 from swarmnode.state.machine import DEFAULT_CONFIG
 from swarmnode.state.records import BLOCKED, BUILT, FAILED
+
+from simulation.faultplan import Fault, validate
 
 from . import invariants
 from .clock import EPOCH, VirtualLoop, derive, patched_pysyncobj
@@ -74,6 +80,12 @@ class SimConfig:
     check_follower_acks: bool = True  # the followers-keep-acknowledged-entries invariant
     idle_tick_s: float = 0.25        # a node with nothing to do still ticks this often
     fault_window_s: float | None = None   # default: derived from the workload
+    # A faultplan instead of faults drawn as the run goes: ``planned`` makes the seeded one
+    # (faultplan.plan over the timed kinds and the fault window); ``plan`` is given (from
+    # ``plan_file``, named in the replay command).
+    planned: bool = False
+    plan: tuple[Fault, ...] | None = None
+    plan_file: str | None = None
     converge_s: float = 30.0              # after the faults stop: one leader, all caught up
     digest_every_s: float = 20.0     # replicas at one index compared (full state digest)
     max_virtual_s: float = 48 * 3600.0
@@ -108,7 +120,46 @@ class RunResult:
             parts.append(f"--fault-window {c.fault_window_s:g}")
         if c.append_batch_bytes != SimConfig.append_batch_bytes:
             parts.append(f"--append-batch-bytes {c.append_batch_bytes}")
+        if c.plan_file is not None:
+            parts.append(f"--plan-file {c.plan_file}")
+        elif c.planned:
+            parts.append("--plan")
         return " ".join(parts)
+
+
+def load_workload(config: SimConfig) -> Workload:
+    """The run's workload (seeded when synthetic: its own generator)."""
+    if config.workload == "synthetic":
+        return synthetic(derive(config.seed, "workload"), config.packages, config.time_scale)
+    return load(resolve(config.workload), config.time_scale)
+
+
+def makespan(config: SimConfig, workload: Workload) -> float:
+    """The build time the cluster needs without faults (critical path or total / slots)."""
+    slots = max(1, config.nodes * config.max_jobs)
+    return max(workload.critical_path_s(), workload.total_s() / slots)
+
+
+def fault_window(config: SimConfig, workload: Workload | None = None) -> float:
+    """Virtual seconds with faults: ``fault_window_s``, else 60 % of the expected build
+    time (40–600 s), else 0 when no timed fault is asked for."""
+    if config.fault_window_s is not None:
+        return config.fault_window_s
+    if not (set(config.faults) - {"failures"}):
+        return 0.0
+    workload = load_workload(config) if workload is None else workload
+    return min(600.0, max(40.0, 0.6 * makespan(config, workload)))
+
+
+def fault_plan(config: SimConfig, window_s: float) -> list[Fault] | None:
+    """The plan a run executes (None: faults drawn as it goes). A given plan is checked
+    against the cluster and the window (ValueError)."""
+    if config.plan is not None:
+        return validate(config.plan, config.nodes, window_s)
+    if config.planned:
+        from simulation.faultplan import KINDS, plan
+        return plan(config.seed, config.nodes, config.faults & set(KINDS), window_s)
+    return None
 
 
 class Done(Exception):
@@ -133,7 +184,14 @@ class Simulation:
         self.joiners: list[SimNode] = []
         self._specs()
         self.failures = self._failure_plan()
-        self.nemesis = Nemesis(self, config.faults, derive(seed, "nemesis"), self._window())
+        window = self._window()
+        self.plan = fault_plan(config, window)
+        self.nemesis = Nemesis(self, config.faults, derive(seed, "nemesis"), window,
+                               plan=self.plan,
+                               plan_rng=derive(seed, "plan") if self.plan is not None else None)
+        names = [n.node_id for n in self.nodes]
+        for fault in self.plan or ():
+            self.history.record(0.0, "plan", fault.kind, line=fault.describe(names))
         self.cycle_ids: list[str] = []
         self.releases: list[str] = []
         self.operator_done = False
@@ -145,10 +203,7 @@ class Simulation:
 
     # -- set-up -------------------------------------------------------------------------------
     def _workload(self) -> Workload:
-        c = self.config
-        if c.workload == "synthetic":
-            return synthetic(derive(c.seed, "workload"), c.packages, c.time_scale)
-        return load(resolve(c.workload), c.time_scale)
+        return load_workload(self.config)
 
     def _specs(self) -> None:
         """Up to ``max_voters`` nodes are configured with each other as static peers (they
@@ -189,15 +244,10 @@ class Simulation:
         return plan
 
     def expected_makespan(self) -> float:
-        slots = max(1, self.config.nodes * self.config.max_jobs)
-        return max(self.workload.critical_path_s(), self.workload.total_s() / slots)
+        return makespan(self.config, self.workload)
 
     def _window(self) -> float:
-        if self.config.fault_window_s is not None:
-            return self.config.fault_window_s
-        if not (set(self.config.faults) - {"failures"}):
-            return 0.0
-        return min(600.0, max(40.0, 0.6 * self.expected_makespan()))
+        return fault_window(self.config, self.workload)
 
     # -- services the nodes use ----------------------------------------------------------------
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -520,6 +570,7 @@ class Simulation:
         injected: dict[str, int] = {}
         for what in self.nemesis.injected:
             injected[what] = injected.get(what, 0) + 1
+        planned = {} if self.plan is None else {"planned": len(self.plan)}
         return {
             "nodes": len(self.nodes), "workload": self.workload.name,
             "packages": len(self.workload.packages),
@@ -535,6 +586,7 @@ class Simulation:
             "faults_healed_at_s": self.nemesis.healed_at,
             "converged_at_s": self.converged_at,
             "snapshots_installed": self.history.count("snapshot"),
+            **planned,
         }
 
     def run(self) -> RunResult:
