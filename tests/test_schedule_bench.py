@@ -18,7 +18,7 @@ from simulation.schedule.model import SerialParams, build_model, duration, seria
 from simulation.schedule.reference import emerge_order, simulate_reference
 from simulation.schedule.swarm import SwarmSettings
 from simulation.schedule.synth import generate
-from simulation.schedule.timeline import makespan
+from simulation.schedule.timeline import Build, finishing_chain, makespan
 from simulation.schedule.workload import (BenchInputError, Package, parse_fleet,
                                           parse_workload)
 from swarmnode.state import SwarmState
@@ -151,6 +151,29 @@ def test_a_run_is_physical_and_deterministic() -> None:
     assert _figures(again) == _figures(result)
 
 
+def test_finishing_chain_walks_back_through_the_dependency_that_ended_last() -> None:
+    # c needs a and b; b ended last, so c waited for b, and c then sat ready for 20 s
+    builds = [Build("a", "n1", 4, 0.0, 10.0), Build("b", "n2", 8, 5.0, 30.0),
+              Build("c", "n1", 4, 50.0, 60.0), Build("d", "n2", 1, 30.0, 40.0)]
+    chain = finishing_chain(builds, {"a": (), "b": (), "c": ("a", "b"), "d": ("b",)})
+    assert [(c.name, c.ready, c.wait) for c in chain] == [("b", 0.0, 5.0), ("c", 30.0, 20.0)]
+    assert finishing_chain([], {}) == []
+
+
+def test_result_names_the_chain_that_ended_the_run_and_its_waits() -> None:
+    w = parse_workload(generate("chain-fanout", 3), "chain-fanout", "1" * 64)
+    result = run_bench(w, parse_fleet("16,8,14,24,8s"), BenchConfig(seed=5))
+    chain = result["finishing_chain"]["builds"]
+    deps = {p.name: p.deps for p in w.packages}
+    assert chain[-1]["end_s"] == result["makespan_s"]
+    assert not deps[chain[0]["name"]]                            # starts at a root
+    for prev, link in zip(chain, chain[1:]):                     # each link waited for prev
+        assert prev["name"] in deps[link["name"]] and link["ready_s"] == prev["end_s"]
+    assert all(link["waited_s"] >= 0 for link in chain)
+    assert result["finishing_chain"]["waited_s"] == pytest.approx(
+        sum(link["waited_s"] for link in chain), abs=0.01)
+
+
 def test_cli_writes_result_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "w.json", generate("huge-cpp", 2))
     out = tmp_path / "out"
@@ -162,7 +185,8 @@ def test_cli_writes_result_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert result["makespan_s"] >= result["lower_bound_s"]
     svg = xml.dom.minidom.parse(str(out / "timeline.svg"))
     assert len(svg.getElementsByTagName("rect")) > 2 * len(result["builds"])
-    assert "lower bound" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "lower bound" in printed and "finishing chain" in printed
 
 
 @pytest.mark.parametrize("fleet", ["16,x", "", "0", "8,,8", "4t", "-4"])

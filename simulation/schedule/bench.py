@@ -13,7 +13,7 @@ from .model import build_model
 from .reference import SLOT_CORES, simulate_reference
 from .svg import timeline_svg
 from .swarm import SwarmSettings, simulate_swarm
-from .timeline import Build, NodeFigures, makespan, node_figures
+from .timeline import Build, ChainLink, NodeFigures, finishing_chain, makespan, node_figures
 from .workload import NodeSpec, Workload, fleet_string
 
 #: The issue's targets for a held-out workload on the reference fleet.
@@ -37,6 +37,14 @@ def _nodes(figures: list[NodeFigures]) -> list[dict[str, Any]]:
 def _builds(builds: list[Build]) -> list[dict[str, Any]]:
     return [{"name": b.name, "node": b.node_id, "cores": b.cores, "start_s": round(b.start, 3),
              "end_s": round(b.end, 3)} for b in sorted(builds, key=lambda b: (b.start, b.name))]
+
+
+def _chain(links: list[ChainLink]) -> dict[str, Any]:
+    return {"waited_s": round(sum(c.wait for c in links), 3),
+            "builds": [{"name": c.name, "node": c.node_id, "cores": c.cores,
+                        "ready_s": round(c.ready, 3), "start_s": round(c.start, 3),
+                        "end_s": round(c.end, 3), "waited_s": round(c.wait, 3)}
+                       for c in links]}
 
 
 def run_bench(workload: Workload, fleet: list[NodeSpec], config: BenchConfig) -> dict[str, Any]:
@@ -73,6 +81,8 @@ def run_bench(workload: Workload, fleet: list[NodeSpec], config: BenchConfig) ->
                              "max_jobs": settings.jobs_for(n.cores),
                              "reference_slots": max(1, n.cores // SLOT_CORES)}
                             for n in fleet]},
+        "finishing_chain": _chain(finishing_chain(
+            run.builds, {p.name: p.deps for p in workload.packages})),
         "nodes": _nodes(node_figures(fleet, run.builds)),
         "reference_nodes": _nodes(node_figures(fleet, ref_builds)),
         "workload": {"name": workload.name, "path": config.workload_path,
@@ -117,6 +127,16 @@ def write_outputs(result: dict[str, Any], workload: Workload, fleet: list[NodeSp
     (out / "timeline.svg").write_text(svg)
 
 
+def _chain_line(result: dict[str, Any]) -> str:
+    """Where the swarm's makespan was lost: the waits on the chain that ended it."""
+    chain = result["finishing_chain"]
+    worst = max(chain["builds"], key=lambda b: b["waited_s"], default=None)
+    longest = (f" (longest: {worst['name']}, {worst['waited_s']:.0f} s)"
+               if worst and worst["waited_s"] > 0 else "")
+    return (f"  finishing chain    {len(chain['builds'])} builds, "
+            f"{chain['waited_s']:.0f} s ready but not started{longest}")
+
+
 def summary_table(result: dict[str, Any]) -> str:
     """The few lines printed after a run."""
     lines = [
@@ -133,6 +153,7 @@ def summary_table(result: dict[str, Any]) -> str:
         f"{result['speedup_vs_reference']:.2f}× faster",
         f"  targets (≤ {TARGET_RATIO}× bound, ≥ {TARGET_SPEEDUP}× faster): "
         f"{'met' if result['targets']['met'] else 'NOT met'}",
+        _chain_line(result),
         "  node   cores  jobs  util   | reference jobs  util",
     ]
     for ours, ref in zip(result["nodes"], result["reference_nodes"]):
