@@ -253,15 +253,20 @@ class SwarmState:
 
     def under_replicated(self) -> list[dict[str, Any]]:
         """Every artifact the state names that is not durable, by sha256: what to copy where."""
+        # Every node's replicator asks after every commit: set operations per artifact, and
+        # sorting only what is short (a desktop-sized state has thousands of artifacts).
         target = self.replica_target()
+        up = {node_id for node_id, n in self._nodes.items() if n.up}
         out: list[dict[str, Any]] = []
-        for sha in sorted(self._by_sha):
-            copies = self._by_sha[sha]
-            live = self.live_holders(copies[0])
+        for sha, copies in self._by_sha.items():
+            holders = copies[0].holders if len(copies) == 1 else \
+                set().union(*(a.holders for a in copies))
+            live = up.intersection(holders)
             if len(live) < target:
                 cpv, size = min((a.cpv, a.size) for a in copies)  # independent of index order
-                out.append({"sha256": sha, "size": size, "cpv": cpv, "holders": live,
+                out.append({"sha256": sha, "size": size, "cpv": cpv, "holders": sorted(live),
                             "missing": target - len(live)})
+        out.sort(key=lambda entry: entry["sha256"])
         return out
 
     def summary(self) -> dict[str, Any]:
