@@ -38,7 +38,7 @@ demo: setup
 test: setup
 	$(PY) -m pyflakes swarmnode tests simulation
 	$(PY) -m mypy
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m 'not slow'
