@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from simulation.argtypes import checked, positive
 from simulation.faultplan import Fault, dumps, plan, read
 
 from .nodes import Timings
@@ -26,34 +27,16 @@ from .runner import NemesisConfig, example_profile, run, write_out, write_plan
 from .schedule import parse_kinds
 
 
-def _kinds(text: str) -> frozenset[str]:
-    try:
-        return parse_kinds(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0 (got {text})")
-        return value
-    return parse
-
-
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--nodes", type=_positive(int), default=5, help="cluster size (default 5)")
-    p.add_argument("--faults", type=_kinds, default=_kinds("partitions,crashes,pauses"),
+    p.add_argument("--nodes", type=positive(int), default=5, help="cluster size (default 5)")
+    p.add_argument("--faults", type=checked(parse_kinds),
+                   default=parse_kinds("partitions,crashes,pauses"),
                    help="comma list of partitions,crashes,pauses,flaky,slow,restart-all, "
                         "or all (default partitions,crashes,pauses)")
-    p.add_argument("--duration", type=_positive(float), default=40.0,
+    p.add_argument("--duration", type=positive(float), default=40.0,
                    help="seconds of faults (wall time) before everything is healed")
-    p.add_argument("--max-active", type=_positive(int), default=2, help="faults at once (default 2)")
+    p.add_argument("--max-active", type=positive(int), default=2, help="faults at once (default 2)")
     p.add_argument("--out", type=Path, default=None,
                    help="keep data dirs, node logs, history.txt and result.json here "
                         "(default: a temporary directory, kept only if a check fails)")

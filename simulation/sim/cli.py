@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from simulation.argtypes import checked, positive
 from simulation.faultplan import Fault, dumps, read
 
 from .faults import parse_faults
@@ -56,44 +57,25 @@ def _fixes(text: str) -> frozenset[int]:
     return fixes
 
 
-def _faults(text: str) -> frozenset[str]:
-    try:
-        return parse_faults(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0 (got {text})")
-        return value
-    return parse
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nodes", type=_positive(int), default=5, help="cluster size (default 5)")
+    p.add_argument("--nodes", type=positive(int), default=5, help="cluster size (default 5)")
     p.add_argument("--workload", default="synthetic",
                    help="synthetic (seeded, small), desktop "
                         "(tests/data/workloads/desktop.json, 709 packages) or a workload JSON file")
-    p.add_argument("--packages", type=_positive(int), default=30,
+    p.add_argument("--packages", type=positive(int), default=30,
                    help="size of the synthetic workload (default 30)")
-    p.add_argument("--time-scale", type=_positive(float), default=None,
+    p.add_argument("--time-scale", type=positive(float), default=None,
                    help="multiply build durations (default 1; 0.01 for desktop)")
-    p.add_argument("--cycles", type=_positive(int), default=2,
+    p.add_argument("--cycles", type=positive(int), default=2,
                    help="build cycles the operator runs and finalizes (default 2)")
-    p.add_argument("--faults", type=_faults, default=frozenset(),
+    p.add_argument("--faults", type=checked(parse_faults), default=frozenset(),
                    help="comma list of partitions,crashes,pauses,flaky,failures,slow,"
                         "restart-all,joins — or all, or none (default none)")
     p.add_argument("--no-fix", type=_fixes, default=frozenset(), metavar="N[,N]",
                    help="switch off RaftFixes fix N (1, 2, 5, 6, 7 or 8) to see what it prevents")
-    p.add_argument("--fault-window", type=_positive(float), default=None,
+    p.add_argument("--fault-window", type=positive(float), default=None,
                    help="seconds of virtual time with faults (default: from the workload)")
-    p.add_argument("--append-batch-bytes", type=_positive(int), default=2 ** 16,
+    p.add_argument("--append-batch-bytes", type=positive(int), default=2 ** 16,
                    help="pysyncobj's appendEntriesBatchSizeBytes (default 65536, the daemon's); "
                         "small values split resends into many messages")
 
@@ -165,9 +147,9 @@ def add_parsers(subparsers: Any) -> None:
                               description="Run seeds START..START+SEEDS-1 (2 processes) and "
                                           "list every failing seed with the command that "
                                           "replays it.")
-    s.add_argument("--seeds", type=_positive(int), default=100, help="how many seeds")
+    s.add_argument("--seeds", type=positive(int), default=100, help="how many seeds")
     s.add_argument("--start", type=int, default=1, help="first seed (default 1)")
-    s.add_argument("--workers", type=_positive(int), default=2)
+    s.add_argument("--workers", type=positive(int), default=2)
     _common(s)
     _plan_options(s, files=False)
     s.set_defaults(func=cmd_sweep)

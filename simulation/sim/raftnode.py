@@ -199,27 +199,13 @@ class SimLog(RaftLog):
         self._tick_at: float | None = None
         # rid → (index this replica last applied it at, whether the state remembers the rid)
         self.applied_at: dict[str, tuple[int, bool]] = {}
-        conf = SyncObjConf(
+        conf = self._syncobj_conf(
             password=None,  # the simulated network needs no encryption
-            autoTick=False,
             pollerType="sim",
             useFork=False,  # dumps are written synchronously, inside the tick
-            appendEntriesUseBatch=False,
             appendEntriesBatchSizeBytes=append_batch_bytes,
-            raftMinTimeout=settings.election_min_s,
-            raftMaxTimeout=settings.election_max_s,
-            appendEntriesPeriod=settings.append_period_s,
-            connectionTimeout=settings.connection_timeout_s,
-            connectionRetryTime=settings.connection_retry_s,
-            leaderFallbackTimeout=settings.leader_fallback_s,
-            logCompactionMinEntries=settings.compaction_entries,
-            logCompactionMinTime=settings.compaction_time_s,
             journalFile=host.disk.journal_key,
             fullDumpFile=str(host.disk.dump_file),
-            serializer=self._write_dump,
-            deserializer=self._read_dump,
-            dynamicMembershipChange=True,
-            commandsWaitLeader=True,
             onStateChanged=self._state_changed,
         )
         self._acked: tuple[int, int] = (0, 0)  # (term, last index acknowledged to its leader)
@@ -284,7 +270,7 @@ class SimLog(RaftLog):
         index = int(self._obj.raftLastApplied) + 1  # pysyncobj counts it after the apply
         try:
             cmd = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-        except Exception:
+        except Exception:  # not msgpack: the state machine refuses it itself; nothing to observe
             cmd = None
         before = self.host.before_apply(self, index, cmd if isinstance(cmd, dict) else None)
         result = super()._apply(blob)

@@ -107,32 +107,37 @@ class RaftLog:
         self._fd: int | None = None
         self._closed = False
         self.on_tick: list[Callable[[], None]] = []
-        conf = SyncObjConf(
-            password=settings.password,
-            autoTick=False,
-            pollerType="epoll",
-            appendEntriesUseBatch=False,  # ~1 ms commits instead of ~100 ms batches
-            raftMinTimeout=settings.election_min_s,
-            raftMaxTimeout=settings.election_max_s,
-            appendEntriesPeriod=settings.append_period_s,
-            connectionTimeout=settings.connection_timeout_s,
-            connectionRetryTime=settings.connection_retry_s,
-            leaderFallbackTimeout=settings.leader_fallback_s,
-            logCompactionMinEntries=settings.compaction_entries,
-            logCompactionMinTime=settings.compaction_time_s,
-            journalFile=str(self.dir / "raft.journal"),
-            fullDumpFile=str(self.dir / "raft.dump"),
-            serializer=self._write_dump,
-            deserializer=self._read_dump,
-            dynamicMembershipChange=True,
-            maxBindRetries=1,
-            commandsWaitLeader=True,
-        )
+        conf = self._syncobj_conf(password=settings.password, pollerType="epoll",
+                                  journalFile=str(self.dir / "raft.journal"),
+                                  fullDumpFile=str(self.dir / "raft.dump"), maxBindRetries=1)
         try:
             self._obj = _SwarmSyncObj(self, settings, conf)
         except SyncObjException:
             raise UserError(f"cannot listen for Raft on {settings.self_address}: is another "
                             "swarmnode running, or is node.raft wrong?") from None
+
+    def _syncobj_conf(self, **os_parts: Any) -> SyncObjConf:
+        """pysyncobj's configuration from the settings; ``os_parts`` add what touches the OS
+        (poller, files, password) — the deterministic simulator gives its own there and shares
+        the rest, so it runs the daemon's Raft timings and behaviour."""
+        s = self.settings
+        return SyncObjConf(
+            autoTick=False,
+            appendEntriesUseBatch=False,  # ~1 ms commits instead of ~100 ms batches
+            raftMinTimeout=s.election_min_s,
+            raftMaxTimeout=s.election_max_s,
+            appendEntriesPeriod=s.append_period_s,
+            connectionTimeout=s.connection_timeout_s,
+            connectionRetryTime=s.connection_retry_s,
+            leaderFallbackTimeout=s.leader_fallback_s,
+            logCompactionMinEntries=s.compaction_entries,
+            logCompactionMinTime=s.compaction_time_s,
+            serializer=self._write_dump,
+            deserializer=self._read_dump,
+            dynamicMembershipChange=True,
+            commandsWaitLeader=True,
+            **os_parts,
+        )
 
     # -- driving pysyncobj from the event loop ------------------------------------------------
     def start(self) -> None:
