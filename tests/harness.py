@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,11 +17,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLE = PROJECT / "config" / "example"
 PROFILES = PROJECT / "config" / "profiles"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(PROJECT))  # `simulation` is not an installed package
+from simulation.ports import free_port  # noqa: E402
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

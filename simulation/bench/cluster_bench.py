@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from simulation.bench.bench_node import job_spec
+from simulation.ports import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 TARGETS = {"failover_p99_s": 2.0, "requeue_p99_s": 10.0, "commit_p50_ms": 5.0}
@@ -103,12 +103,6 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def _kill_all() -> None:
     for proc in list(_LIVE.values()):
         _kill_group(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(cond: Callable[[], T | None], timeout: float, what: str,
@@ -190,7 +184,9 @@ class Cluster:
     def wait_registered(self, child: Child) -> None:
         def answering() -> bool:
             if not child.alive:
-                raise BenchError(f"{child.node_id} exited during start-up; see {child.log_path}")
+                tail = child.log_path.read_text(errors="replace").splitlines()[-15:]
+                raise BenchError(f"{child.node_id} exited during start-up; see {child.log_path}"
+                                 + "".join(f"\n  | {line}" for line in tail))
             try:
                 return bool(self.status(child)["registered"])
             except (OSError, BenchError):
