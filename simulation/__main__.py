@@ -13,6 +13,7 @@ when one of its commands is asked for, so ``bench`` never pays for (or breaks on
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from simulation.schedule import cli as bench_cli
@@ -61,4 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

@@ -298,6 +298,9 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `swarmnode jobs | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except Exception as exc:  # usage errors from typer's click, and anything unexpected
         format_message = getattr(exc, "format_message", None)
         if callable(format_message):
