@@ -673,7 +673,7 @@ class SwarmState:
             crit = self._fast(cyc, max(n.cores for n in [node, *self._builders(cyc, ts)]))
             for cpv in cyc.cpvs_in(READY):
                 job = cyc.jobs[cpv]
-                ranked.append((self._rank(False, job, crit, pos), cyc, job))
+                ranked.append((self._rank(node.sweeper, job, crit, pos), cyc, job))
         if not any(node_id not in job.failed_nodes for _, _, job in ranked):
             if not any_ready:
                 return "nothing ready to build"
@@ -702,17 +702,17 @@ class SwarmState:
               pos: int) -> tuple[float, float, str, int]:
         """Claim order of a ready job, smallest first (ties: cpv, then older cycle).
 
-        Ordinary nodes take the longest remaining critical path first: list scheduling keeps
-        the makespan near its critical-path bound. That order pushes retries (jobs that failed
-        or lost a lease) and long jobs off the critical path to the back, where, started last,
-        they become the tail the whole cycle waits for. Sweepers take exactly that long tail,
-        retries first and then the longest estimate, so it runs alongside the critical path
-        instead of after it and never starves the queue.
+        The longest remaining critical path first: list scheduling keeps the makespan near
+        its critical-path bound, and placement (scheduling.place) sends each long build to
+        the node where it finishes first, so a long build never blocks the queue. A sweeper
+        takes retried work (jobs that failed or lost a lease) before anything else: they get
+        a different machine at once instead of waiting behind the critical path. (A sweeper
+        that took the longest builds first put critical ones on its few cores: on a
+        real-shaped workload 1.41x the lower bound instead of 1.15x, see
+        simulation/bench/README.md.)
         """
-        if sweeper:
-            retry = job.attempts > 0 or bool(job.failed_nodes)
-            return (0.0 if retry else 1.0, -estimate(self.durations, job.cpv), job.cpv, pos)
-        return (0.0, -crit[job.cpv], job.cpv, pos)
+        retry = job.attempts > 0 or bool(job.failed_nodes)
+        return (0.0 if retry or not sweeper else 1.0, -crit[job.cpv], job.cpv, pos)
 
     def _paths(self, cyc: Cycle) -> _CyclePaths:
         cached = self._crit.get(cyc.id)
@@ -823,14 +823,7 @@ class SwarmState:
         cands = [Candidate(job.cpv, self._paths(cyc).est[job.cpv], *want[(cyc.id, job.cpv)],
                            release=release)
                  for _, cyc, job, release in entries]
-        order = {cyc.id: pos for pos, cyc in enumerate(self.active_cycles())}
-
-        def sweeper_key(i: int) -> tuple[float, float, str, int]:
-            _, cyc, job, _ = entries[i]
-            return self._rank(True, job, {}, order[cyc.id])
-
-        decision = place(cands, node.node_id, capacity, ts,
-                         prefer=sweeper_key if node.sweeper else None)
+        decision = place(cands, node.node_id, capacity, ts)
         if decision.index is None:
             return decision.reason
         _, cyc, job, _ = entries[decision.index]

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 #: Estimate for a package never built before (core-seconds): the brief's median build is ~43 s.
 DEFAULT_CORE_SECONDS = 60.0
@@ -254,7 +253,7 @@ class Placement:
 
 
 def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capacity],
-          now: float, prefer: Callable[[int], Any] | None = None) -> Placement:
+          now: float) -> Placement:
     """What node ``me`` should start now: list scheduling of the candidates in priority
     order over the predicted occupation of every node (``capacity``, booked as it goes).
 
@@ -265,35 +264,21 @@ def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capac
     before), or here now on fewer cores, if that still finishes first. A wait counts
     WAIT_DOUBT extra. Ties go to ``me``. A candidate not ready yet (``release`` in the
     future) only books its best node softly (see :class:`Capacity`); no node waits for it.
-
-    An ordinary node takes the first job the schedule starts here. A node with its own
-    order (``prefer``: smallest key first, the sweeper) picks by it among every ready job
-    that fits here now, except those the schedule gives another node later (big jobs
-    waiting for a bigger node), and never on cores it keeps free for a later one.
+    The first job the schedule starts here is the answer.
     """
     mine = capacity[me]
-    held = mine.copy()                            # this node without the builds started now
-    starts: list[tuple[int, int]] = []
-    later_elsewhere: set[int] = set()
     reserved: tuple[float, str] | None = None     # (start, cpv) of the build this node awaits
     planned = 0
     for i, cand in enumerate(candidates):
-        if prefer is not None and mine.free_at(now) == 0:
-            break
         ready = cand.release <= now
         soft = True                               # every build keeps off soft bookings
         free = mine.free_at(now, soft) if me in cand.nodes and ready else 0
         wall = wall_time(cand.est, cand.want)
         if cand.want <= free and mine.fits(now, wall, cand.want, soft):
-            cores = cand.want
-            more = max(cores, min(mine.share, free))
-            if more > cores and mine.fits(now, wall_time(cand.est, more), more, soft):
-                cores = more
-            mine.book(now, now + wall_time(cand.est, cores), cores)
-            starts.append((i, cores))
-            if prefer is None:
-                break
-            continue
+            more = max(cand.want, min(mine.share, free))
+            if more > cand.want and mine.fits(now, wall_time(cand.est, more), more, soft):
+                return Placement(i, more)
+            return Placement(i, cand.want)
         if planned >= PLAN_DEPTH:
             continue
         planned += 1
@@ -320,32 +305,10 @@ def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capac
             capacity[node_id].book(start + grace, finish, cores, soft=True)
             continue
         capacity[node_id].book(start, finish, cores)
-        if node_id != me:
-            if start > now:
-                later_elsewhere.add(i)
-            continue
-        if start <= now:
-            starts.append((i, cores))
-            if prefer is None:
-                break
-        else:
-            held.book(start, finish, cores)
-            reserved = reserved or (start, cand.cpv)
-    if prefer is not None:
-        free = held.free_at(now)
-        chosen = {i for i, _ in starts}
-        for i, cand in enumerate(candidates):
-            if i not in chosen and i not in later_elsewhere and me in cand.nodes \
-                    and cand.release <= now and cand.want <= free \
-                    and held.fits(now, wall_time(cand.est, cand.want), cand.want, True):
-                more = max(cand.want, min(held.share, free))
-                fits = held.fits(now, wall_time(cand.est, more), more, True)
-                starts.append((i, more if fits else cand.want))
-        if starts:
-            i, cores = min(starts, key=lambda s: prefer(s[0]))
+        if node_id == me and start <= now:
             return Placement(i, cores)
-    if starts:
-        return Placement(*starts[0])
+        if node_id == me:
+            reserved = reserved or (start, cand.cpv)
     if reserved is not None:
         return Placement(None, reason=f"keeping its cores free for {reserved[1]} "
                                       f"(expected to start at ts {reserved[0]:.0f})")
