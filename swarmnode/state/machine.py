@@ -32,7 +32,7 @@ from .records import (BLOCKED, BUILT, DISCOVERY_SOURCES, FAILED, LEASED, NONVOTE
                       READY, REMOVED, ROLES, VOTER, Artifact, Cycle, Job, Lease, Node,
                       Production, Release)
 from .fields import Bad, Fields, Result, error_result, short
-from .scheduling import (HORIZON_MARGIN, Candidate, Capacity, cores_within, estimate,
+from .scheduling import (HORIZON_MARGIN, LEAF_MARGIN, Candidate, Capacity, cores_within, estimate,
                          fast_paths, learn, one_core_seconds, package_key, place, topo_order,
                          useful_cores, wall_time)
 
@@ -766,11 +766,11 @@ class SwarmState:
         """The ranked job ``node`` starts now and its cores, or why it waits.
 
         Each job wants the fewest cores (up to ``useful_cores``) with which the chain behind
-        it still ends within HORIZON_MARGIN of the cycle's projected remaining time — the
-        longer of its critical path (every job on its useful cores on the largest node) and
-        its remaining work spread over every core that serves it. Jobs on the critical path
-        get all the cores they can use; jobs with slack get fewer, which wastes less (builds
-        do not speed up linearly). :func:`scheduling.place` then decides where each goes,
+        it still ends within HORIZON_MARGIN (a leaf: LEAF_MARGIN) of the cycle's projected
+        remaining time — the longer of its critical path (every job on its useful cores on the
+        largest node) and its remaining work spread over every core that serves it. Jobs on
+        the critical path get all the cores they can use; jobs with slack get fewer, which
+        wastes less (builds do not speed up linearly). :func:`scheduling.place` then decides where each goes,
         with the long builds of the critical path that are not ready yet (_lookahead) first.
         """
         ends = {f: self._predicted_end(l, ts) for f, l in sorted(self.leases.items())}
@@ -803,7 +803,8 @@ class SwarmState:
             for _, c, job, _ in entries:
                 if c is cyc and (cyc.id, job.cpv) not in want:
                     est, tail = paths.est[job.cpv], fast[job.cpv] - own(job.cpv)
-                    cores = cores_within(est, HORIZON_MARGIN * horizon - tail,
+                    margin = HORIZON_MARGIN if job.dependents else LEAF_MARGIN
+                    cores = cores_within(est, margin * horizon - tail,
                                          min(useful_cores(est), max_cores))
                     allowed = tuple(n.node_id for n in nodes
                                     if n.node_id not in job.failed_nodes)
