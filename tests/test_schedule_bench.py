@@ -422,3 +422,38 @@ def test_desktop_on_the_reference_fleet_beats_the_reference_policy_twice() -> No
     assert result["makespan_s"] >= result["lower_bound_s"]
     assert result["speedup_vs_reference"] >= 2.0
     assert not math.isnan(result["ratio_to_lower_bound"])
+
+
+def _leaf_scenario(leaf_has_dependent: bool) -> tuple[Swarm, dict[str, Any]]:
+    """A 3-link chain of 40 000 core-second builds on a 24-core node and a 30 000 core-second
+    build on an 8-core one, learned in a first cycle; the small node claims it in the next."""
+    w = Swarm()
+    w.node("big", cores=24)
+    w.node("small", cores=8)
+    first = [{"cpv": f"a/link{i}-1", "deps": []} for i in range(3)] + [{"cpv": "b/app-1",
+                                                                          "deps": []}]
+    w.ok("start_cycle", cycle_id="c0", profile="p", tree_version="", targets=[], jobs=first,
+         reused=[])
+    for wall in (40_000.0, 40_000.0, 40_000.0, 30_000.0):
+        w.done(w.claim("big", 1), wall)              # one core each: wall = core-seconds
+    jobs = [{"cpv": f"a/link{i}-2", "deps": [f"a/link{i - 1}-2"] if i else []} for i in range(3)]
+    jobs += [{"cpv": "b/app-2", "deps": []}, {"cpv": "c/small-2", "deps": []}]
+    if leaf_has_dependent:
+        jobs.append({"cpv": "b/plugin-2", "deps": ["b/app-2"]})
+    w.ok("start_cycle", cycle_id="c1", profile="p", tree_version="", targets=[], jobs=jobs,
+         reused=[])
+    assert w.claim("big", 24)["job"]["cpv"] == "a/link0-2"
+    claim = w.claim("small", 8)
+    assert claim["job"]["cpv"] == "b/app-2"
+    return w, claim
+
+
+def test_a_long_leaf_with_slack_leaves_cores_beside_it_for_other_builds() -> None:
+    # nothing waits for b/app: it need not take the whole node, and a short build runs beside it
+    w, claim = _leaf_scenario(leaf_has_dependent=False)
+    assert claim["lease"]["cores"] < 8
+    beside = w.claim("small", 8 - claim["lease"]["cores"])
+    assert beside["job"]["cpv"] == "c/small-2"
+    # the same build with something depending on it keeps the narrower margin: the whole node
+    _, claim = _leaf_scenario(leaf_has_dependent=True)
+    assert claim["lease"]["cores"] == 8
