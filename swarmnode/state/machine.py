@@ -32,9 +32,9 @@ from .records import (BLOCKED, BUILT, DISCOVERY_SOURCES, FAILED, LEASED, NONVOTE
                       READY, REMOVED, ROLES, VOTER, Artifact, Cycle, Job, Lease, Node,
                       Production, Release)
 from .fields import Bad, Fields, Result, error_result, short
-from .scheduling import (HORIZON_MARGIN, LEAF_MARGIN, Candidate, Capacity, cores_within, estimate,
-                         fast_paths, learn, one_core_seconds, package_key, place, topo_order,
-                         useful_cores, wall_time)
+from .scheduling import (HORIZON_MARGIN, LEAF_MARGIN, Candidate, Capacity, cores_within,
+                         estimate, fast_paths, learn, one_core_seconds, package_key, place,
+                         topo_order, useful_cores, wall_time)
 
 FORMAT_VERSION = 2
 DEDUP_LIMIT = 10_000
@@ -770,8 +770,9 @@ class SwarmState:
         remaining time — the longer of its critical path (every job on its useful cores on the
         largest node) and its remaining work spread over every core that serves it. Jobs on
         the critical path get all the cores they can use; jobs with slack get fewer, which
-        wastes less (builds do not speed up linearly). :func:`scheduling.place` then decides where each goes,
-        with the long builds of the critical path that are not ready yet (_lookahead) first.
+        wastes less (builds do not speed up linearly). :func:`scheduling.place` then decides
+        where each goes, with the long builds of the critical path that are not ready yet
+        (_lookahead) first.
         """
         ends = {f: self._predicted_end(l, ts) for f, l in sorted(self.leases.items())}
         ending = {(l.cycle_id, l.cpv): ends[f] for f, l in self.leases.items()}

@@ -192,11 +192,6 @@ class Capacity:
         self.slots = slots            # builds at once; 0 = no limit but the cores
         self.busy: list[tuple[float, float, int, bool]] = []   # (start, end, cores, soft)
 
-    def copy(self) -> Capacity:
-        twin = Capacity(self.cores, self.slots)
-        twin.busy = list(self.busy)
-        return twin
-
     def book(self, start: float, end: float, cores: int, soft: bool = False) -> None:
         self.busy.append((start, end, cores, soft))
 
