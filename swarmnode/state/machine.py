@@ -30,7 +30,7 @@ import msgpack
 
 from .records import (BLOCKED, BUILT, DISCOVERY_SOURCES, FAILED, LEASED, NONVOTER, PLANNED,
                       READY, REMOVED, ROLES, VOTER, Artifact, Cycle, Job, Lease, Node,
-                      Production, Release)
+                      Production, Release, plain)
 from .fields import Bad, Fields, Result, error_result, short
 from .scheduling import (HORIZON_MARGIN, LEAF_MARGIN, Candidate, Capacity, cores_within,
                          estimate, fast_paths, learn, one_core_seconds, package_key, place,
@@ -71,15 +71,6 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _canonical(value: Any) -> Any:
-    """Sorted-key copy so the packed bytes depend on content only, never on insertion order."""
-    if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value)}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
 class SwarmState:
     """The whole control state of the swarm (see module docstring for the contract)."""
 
@@ -105,23 +96,30 @@ class SwarmState:
         # cycle_id → the estimates and critical paths the claim ranks and places with.
         self._by_sha: dict[str, list[Artifact]] = {}
         self._crit: dict[str, _CyclePaths] = {}
+        # under_replicated() is asked after every commit and walks every artifact: its answer
+        # is kept until an artifact or its holders change (every such change bumps the
+        # counter), the up nodes change or the replica target does.
+        self._artifacts_changed = 0
+        self._short: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        return _canonical({
+        # plain() copies the records too, in the same pass: sorted keys at every level, so
+        # the packed bytes depend on content only, never on insertion order.
+        return plain({
             "version": FORMAT_VERSION,
             "config": self.config,
-            "nodes": {k: v.to_dict() for k, v in self._nodes.items()},
-            "cycles": {k: v.to_dict() for k, v in self.cycles.items()},
+            "nodes": self._nodes,
+            "cycles": self.cycles,
             "cycle_order": self.cycle_order,
-            "leases": [self.leases[f].to_dict() for f in sorted(self.leases)],
+            "leases": [self.leases[f] for f in sorted(self.leases)],
             "next_fence": self.next_fence,
             "build_ids": self.build_ids,
             "durations": self.durations,
-            "releases": {k: v.to_dict() for k, v in self._releases.items()},
+            "releases": self._releases,
             "release_order": self.release_order,
-            "productions": {k: v.to_dict() for k, v in self.productions.items()},
+            "productions": self.productions,
             "counters": self.counters,
             "sync": self.sync,
             "signing": self.signing,
@@ -253,10 +251,16 @@ class SwarmState:
 
     def under_replicated(self) -> list[dict[str, Any]]:
         """Every artifact the state names that is not durable, by sha256: what to copy where."""
-        # Every node's replicator asks after every commit: set operations per artifact, and
-        # sorting only what is short (a desktop-sized state has thousands of artifacts).
         target = self.replica_target()
         up = {node_id for node_id, n in self._nodes.items() if n.up}
+        key = (self._artifacts_changed, target, tuple(sorted(up)))
+        if self._short is None or self._short[0] != key:
+            self._short = (key, self._find_under_replicated(target, up))
+        return [{**entry, "holders": list(entry["holders"])} for entry in self._short[1]]
+
+    def _find_under_replicated(self, target: int, up: set[str]) -> list[dict[str, Any]]:
+        # Set operations per artifact, and sorting only what is short (a desktop-sized state
+        # has thousands of artifacts).
         out: list[dict[str, Any]] = []
         for sha, copies in self._by_sha.items():
             holders = copies[0].holders if len(copies) == 1 else \
@@ -549,7 +553,7 @@ class SwarmState:
         self.cycles[cycle_id] = cyc
         self.cycle_order.append(cycle_id)
         for art in reused.values():
-            self._by_sha.setdefault(art.sha256, []).append(art)
+            self._index_artifact(art)
         pruned = self._prune_cycles(profile)
         return {"ok": True, "cycle_id": cycle_id, "profile": profile, "jobs": len(jobs),
                 "ready": cyc.ready, "reused": len(reused), "complete": cyc.finished,
@@ -973,7 +977,7 @@ class SwarmState:
             job.artifact = Artifact(cpv=cpv, sha256=sha, size=size, build_id=build_id,
                                     slot=job.slot, subslot=job.subslot, use=list(job.use),
                                     repo=job.repo, holders=[node_id])
-            self._by_sha.setdefault(sha, []).append(job.artifact)
+            self._index_artifact(job.artifact)
             job.error = ""
             cyc.set_state(job, BUILT)
             self._learn(package_key(cpv), one_core_seconds(duration, lease.cores))
@@ -1029,6 +1033,7 @@ class SwarmState:
             if node_id not in art.holders:
                 art.holders = sorted([*art.holders, node_id])
                 updated += 1
+        self._artifacts_changed += updated
         return {"ok": True, "updated": updated}, updated > 0
 
     def _op_expire(self, f: Fields, ts: float) -> tuple[Result, bool]:
@@ -1154,7 +1159,7 @@ class SwarmState:
         self._releases[release_id] = rel
         self.release_order.append(release_id)
         for art in packages.values():
-            self._by_sha.setdefault(art.sha256, []).append(art)
+            self._index_artifact(art)
         cyc.closed, cyc.release_id = True, release_id
         prod = self._point(profile, release_id, ts)
         pruned = self._prune_releases(profile)
@@ -1236,6 +1241,11 @@ class SwarmState:
             for cpv in sorted(rel.packages):
                 index.setdefault(rel.packages[cpv].sha256, []).append(rel.packages[cpv])
         self._by_sha = index
+        self._artifacts_changed += 1
+
+    def _index_artifact(self, art: Artifact) -> None:
+        self._by_sha.setdefault(art.sha256, []).append(art)
+        self._artifacts_changed += 1
 
 
 _HANDLERS: dict[str, Callable[[SwarmState, Fields, float], tuple[Result, bool]]] = {

@@ -27,23 +27,55 @@ UNFINISHED = (PLANNED, READY, LEASED)
 R = TypeVar("R")
 
 
-def _copy(value: Any) -> Any:
-    """Deep-copy plain containers (and records) into msgpack-ready values, dict keys sorted."""
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
+#: Values copied as they are: immutable, and packed by msgpack as themselves.
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+#: record class → its public field names: in declaration order (to_dict), and sorted (plain).
+_DECLARED: dict[type, tuple[str, ...]] = {}
+_SORTED: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type, table: dict[type, tuple[str, ...]]) -> tuple[str, ...]:
+    names = table.get(cls)
+    if names is None:
+        public = [f.name for f in fields(cls) if not f.name.startswith("_")]  # type: ignore[arg-type]
+        _DECLARED[cls], _SORTED[cls] = tuple(public), tuple(sorted(public))
+        names = table[cls]
+    return names
+
+
+def _copy(value: Any, table: dict[type, tuple[str, ...]]) -> Any:
+    """A fresh msgpack-ready copy: records as dicts with fields in ``table``'s order, every
+    other dict's keys sorted, tuples as lists; leaves are copied inline rather than by a call
+    each (the whole state is copied like this for every digest and snapshot)."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is list or kind is tuple:
+        return [v if type(v) in _LEAVES else _copy(v, table) for v in value]
     if isinstance(value, dict):
-        return {k: _copy(value[k]) for k in sorted(value)}
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
+        return {k: v if type(v) in _LEAVES else _copy(v, table)
+                for k, v in sorted(value.items())}
+    if isinstance(value, _Record):
+        out = {}
+        for name in _names(kind, table):
+            v = getattr(value, name)
+            out[name] = v if type(v) in _LEAVES else _copy(v, table)
+        return out
     return value
+
+
+def plain(value: Any) -> Any:
+    """The canonical copy of ``value``: sorted keys at every level, records included, so its
+    msgpack bytes depend on content only, never on insertion or declaration order."""
+    return _copy(value, _SORTED)
 
 
 class _Record:
     """Generic to_dict/from_dict over the dataclass fields (private `_` fields are skipped)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _copy(getattr(self, f.name)) for f in fields(self)  # type: ignore[arg-type]
-                if not f.name.startswith("_")}
+        """Fields in declaration order (what API answers show); nested maps sorted."""
+        return _copy(self, _DECLARED)  # type: ignore[no-any-return]
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:
