@@ -96,11 +96,14 @@ class SwarmState:
         # cycle_id → the estimates and critical paths the claim ranks and places with.
         self._by_sha: dict[str, list[Artifact]] = {}
         self._crit: dict[str, _CyclePaths] = {}
-        # under_replicated() is asked after every commit and walks every artifact: its answer
-        # is kept until an artifact or its holders change (every such change bumps the
-        # counter), the up nodes change or the replica target does.
-        self._artifacts_changed = 0
-        self._short: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
+        # under_replicated() is asked after every commit and a desktop-sized state names
+        # thousands of artifacts: the short ones are kept (sha256 → entry) and only the shas
+        # touched since (indexed, or a holder added) are looked at again — all of them after a
+        # reindex or when the up nodes or the replica target change (the key).
+        self._reindexed = 0
+        self._touched: set[str] = set()
+        self._short_key: tuple[Any, ...] | None = None
+        self._short: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ serialisation
 
@@ -253,25 +256,33 @@ class SwarmState:
         """Every artifact the state names that is not durable, by sha256: what to copy where."""
         target = self.replica_target()
         up = {node_id for node_id, n in self._nodes.items() if n.up}
-        key = (self._artifacts_changed, target, tuple(sorted(up)))
-        if self._short is None or self._short[0] != key:
-            self._short = (key, self._find_under_replicated(target, up))
-        return [{**entry, "holders": list(entry["holders"])} for entry in self._short[1]]
+        key = (self._reindexed, target, tuple(sorted(up)))
+        if key != self._short_key:
+            self._short_key, self._short = key, {}
+            self._touched = set(self._by_sha)
+        for sha in self._touched:
+            entry = self._shortfall(sha, target, up)
+            if entry is None:
+                self._short.pop(sha, None)
+            else:
+                self._short[sha] = entry
+        self._touched = set()
+        return [{**self._short[sha], "holders": list(self._short[sha]["holders"])}
+                for sha in sorted(self._short)]
 
-    def _find_under_replicated(self, target: int, up: set[str]) -> list[dict[str, Any]]:
-        # Set operations per artifact, and sorting only what is short (a desktop-sized state
-        # has thousands of artifacts).
-        out: list[dict[str, Any]] = []
-        for sha, copies in self._by_sha.items():
-            holders = copies[0].holders if len(copies) == 1 else \
-                set().union(*(a.holders for a in copies))
-            live = up.intersection(holders)
-            if len(live) < target:
-                cpv, size = min((a.cpv, a.size) for a in copies)  # independent of index order
-                out.append({"sha256": sha, "size": size, "cpv": cpv, "holders": sorted(live),
-                            "missing": target - len(live)})
-        out.sort(key=lambda entry: entry["sha256"])
-        return out
+    def _shortfall(self, sha: str, target: int, up: set[str]) -> dict[str, Any] | None:
+        """What copying ``sha`` still needs, or None when enough up nodes hold it."""
+        copies = self._by_sha.get(sha)
+        if not copies:
+            return None
+        holders = copies[0].holders if len(copies) == 1 else \
+            set().union(*(a.holders for a in copies))
+        live = up.intersection(holders)
+        if len(live) >= target:
+            return None
+        cpv, size = min((a.cpv, a.size) for a in copies)  # independent of index order
+        return {"sha256": sha, "size": size, "cpv": cpv, "holders": sorted(live),
+                "missing": target - len(live)}
 
     def summary(self) -> dict[str, Any]:
         """JSON-able overview for `swarmnode status` and the dashboard."""
@@ -1033,7 +1044,7 @@ class SwarmState:
             if node_id not in art.holders:
                 art.holders = sorted([*art.holders, node_id])
                 updated += 1
-        self._artifacts_changed += updated
+        self._touched.add(sha)
         return {"ok": True, "updated": updated}, updated > 0
 
     def _op_expire(self, f: Fields, ts: float) -> tuple[Result, bool]:
@@ -1241,11 +1252,11 @@ class SwarmState:
             for cpv in sorted(rel.packages):
                 index.setdefault(rel.packages[cpv].sha256, []).append(rel.packages[cpv])
         self._by_sha = index
-        self._artifacts_changed += 1
+        self._reindexed += 1
 
     def _index_artifact(self, art: Artifact) -> None:
         self._by_sha.setdefault(art.sha256, []).append(art)
-        self._artifacts_changed += 1
+        self._touched.add(art.sha256)
 
 
 _HANDLERS: dict[str, Callable[[SwarmState, Fields, float], tuple[Result, bool]]] = {
