@@ -733,8 +733,11 @@ def _random_sequence(rng: random.Random) -> tuple[Swarm, list[dict], list[dict]]
         results.append(res)
         assert "internal error" not in str(res.get("error", "")), res
         _check_invariants(w.s)
-        # the kept answer follows every change of artifacts, holders, up nodes and target
-        fresh = SwarmState.from_bytes(w.s.to_bytes())
+        # the bytes built from kept parts are the whole state's; the kept answer follows
+        # every change of artifacts, holders, up nodes and target
+        packed = w.s.to_bytes()
+        assert packed == msgpack.packb(w.s.to_dict(), use_bin_type=True)
+        fresh = SwarmState.from_bytes(packed)
         assert w.s.under_replicated() == fresh.under_replicated()
     return w, w.log, results
 

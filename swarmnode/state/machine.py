@@ -104,13 +104,13 @@ class SwarmState:
         self._touched: set[str] = set()
         self._short_key: tuple[Any, ...] | None = None
         self._short: dict[str, dict[str, Any]] = {}
+        self._packed_applied: dict[str, bytes] = {}  # rid → msgpack of [rid, result]
 
     # ------------------------------------------------------------------ serialisation
 
-    def to_dict(self) -> dict[str, Any]:
-        # plain() copies the records too, in the same pass: sorted keys at every level, so
-        # the packed bytes depend on content only, never on insertion order.
-        return plain({
+    def _sections(self) -> dict[str, Any]:
+        """The serialised sections except ``applied``, as live (uncopied) values."""
+        return {
             "version": FORMAT_VERSION,
             "config": self.config,
             "nodes": self._nodes,
@@ -126,12 +126,35 @@ class SwarmState:
             "counters": self.counters,
             "sync": self.sync,
             "signing": self.signing,
-            "applied": [[rid, res] for rid, res in self.applied.items()],
-        })
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        # plain() copies the records too, in the same pass: sorted keys at every level, so
+        # the packed bytes depend on content only, never on insertion order.
+        return plain({**self._sections(),
+                      "applied": [[rid, res] for rid, res in self.applied.items()]})
 
     def to_bytes(self) -> bytes:
-        """msgpack of the whole state (canonical: equal states give equal bytes)."""
-        return msgpack.packb(self.to_dict(), use_bin_type=True)
+        """msgpack of :meth:`to_dict` (canonical: equal states give equal bytes).
+
+        Built section by section (a msgpack map is its header followed by each key and value
+        packed): a stored result never changes, so each ``applied`` entry is packed once and
+        kept — up to DEDUP_LIMIT of them are in every digest and snapshot.
+        """
+        packer = msgpack.Packer(use_bin_type=True)
+        sections = plain(self._sections())
+        packed = self._packed_applied
+        self._packed_applied = {rid: packed.get(rid) or packer.pack(plain([rid, res]))
+                                for rid, res in self.applied.items()}
+        out = [packer.pack_map_header(len(sections) + 1)]
+        for key in sorted([*sections, "applied"]):
+            out.append(packer.pack(key))
+            if key == "applied":
+                out.append(packer.pack_array_header(len(self._packed_applied)))
+                out.extend(self._packed_applied.values())
+            else:
+                out.append(packer.pack(sections[key]))
+        return b"".join(out)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SwarmState:
