@@ -827,9 +827,9 @@ class SwarmState:
             max_cores = max(n.cores for n in nodes)
             paths, fast = self._paths(cyc), self._fast(cyc, max_cores)
             own = paths.own[max_cores].__getitem__
-            critical = max(fast[c] for c in cyc.cpvs_in(READY))
+            critical = max(fast[c] for c in cyc.unordered_in(READY))
             ready_best = critical
-            work = [paths.est[c] for c, j in cyc.jobs.items() if j.state in (READY, PLANNED)]
+            work = [paths.est[c] for c in cyc.unordered_in(READY) | cyc.unordered_in(PLANNED)]
             for cpv in cyc.cpvs_in(LEASED):
                 end = ending.get((cyc.id, cpv), ts)
                 critical = max(critical, end - ts + fast[cpv] - own(cpv))

@@ -232,6 +232,11 @@ class Cycle(_Record):
     def cpvs_in(self, state: str) -> list[str]:
         return sorted(self._index[state])
 
+    def unordered_in(self, state: str) -> frozenset[str]:
+        """The cpvs in ``state`` in no defined order: only for order-free uses (math.fsum, max,
+        membership) — anything whose result follows the order must use :meth:`cpvs_in`."""
+        return frozenset(self._index[state])
+
     def count(self, state: str) -> int:
         return len(self._index[state])
 
