@@ -284,6 +284,38 @@ def test_run_and_sweep_plug_into_a_dispatcher() -> None:
         parser.parse_args(["run", "--no-fix", "3"])  # an I/O-level fix: not switchable
 
 
+def test_a_sweep_stopped_with_sigterm_leaves_no_worker_running() -> None:
+    import signal
+
+    import psutil
+
+    from harness import wait_for
+    sweep = subprocess.Popen([sys.executable, "-m", "simulation", "sweep", "--seeds", "40"],
+                             cwd=Path(__file__).resolve().parents[1],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[psutil.Process] = []
+
+    def started() -> bool:
+        workers[:] = [c for c in psutil.Process(sweep.pid).children()
+                      if "spawn_main" in " ".join(c.cmdline())]
+        return len(workers) >= 2
+
+    try:
+        wait_for(started, 60, "the sweep's two workers to start")
+        sweep.send_signal(signal.SIGTERM)
+        sweep.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"workers outlived their sweep: {[p.pid for p in alive]}"
+    finally:
+        for proc in workers:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        sweep.kill()
+        sweep.wait()
+
+
 # -- one plan, two tiers (simulation/faultplan.py) ----------------------------------------------
 import json  # noqa: E402
 from dataclasses import replace  # noqa: E402

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ctypes
 import dataclasses
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -239,19 +241,35 @@ def _hash_seed_env() -> Iterator[None]:
             os.environ["PYTHONHASHSEED"] = old
 
 
+def _die_with(parent: int) -> None:
+    """Worker initializer: end when the process that started the pool does. A sweep stopped
+    with SIGTERM (``timeout``, a CI job's end) cannot shut its pool down, and its workers
+    would go on running seeds nobody reads (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: workers then outlive a killed sweep
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with, initargs=(os.getpid(),))
+
+
 def run_many(configs: Iterable[SimConfig], workers: int = 2) -> Iterator[RunResult]:
     """Run configs in ``workers`` fresh processes (PYTHONHASHSEED=0), results in order."""
     configs = list(configs)
-    ctx = multiprocessing.get_context("spawn")
-    with _hash_seed_env(), concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with _hash_seed_env(), _pool(workers) as pool:
         yield from pool.map(run, configs)
 
 
 def run_unordered(configs: Iterable[SimConfig], workers: int = 2) -> Iterator[RunResult]:
     """Like :func:`run_many`, each result as soon as it is ready."""
     configs = list(configs)
-    ctx = multiprocessing.get_context("spawn")
-    with _hash_seed_env(), concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with _hash_seed_env(), _pool(workers) as pool:
         futures = [pool.submit(run, c) for c in configs]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
