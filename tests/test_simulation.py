@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from harness import wait_for
 from simulation.sim import cli, invariants
 from simulation.sim.clock import VirtualLoop, on_grid
 from simulation.sim.faults import KINDS, Nemesis, parse_faults
@@ -285,11 +288,6 @@ def test_run_and_sweep_plug_into_a_dispatcher() -> None:
 
 
 def test_a_sweep_stopped_with_sigterm_leaves_no_worker_running() -> None:
-    import signal
-
-    import psutil
-
-    from harness import wait_for
     sweep = subprocess.Popen([sys.executable, "-m", "simulation", "sweep", "--seeds", "40"],
                              cwd=Path(__file__).resolve().parents[1],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
