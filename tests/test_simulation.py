@@ -9,11 +9,13 @@ with exit code 0 / 1 and the command that replays a failure.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,13 @@ import pytest
 
 import background_sweep
 from harness import wait_for
+from simulation import faultplan
 from simulation.sim import cli, invariants
 from simulation.sim.clock import VirtualLoop, on_grid
 from simulation.sim.faults import KINDS, Nemesis, parse_faults
 from simulation.sim.invariants import Ack, Applied
-from simulation.sim.simulation import SimConfig, Simulation
+from simulation.sim.simulation import RunResult, SimConfig, Simulation, fault_window
+from simulation.sim.workload import load
 from swarmnode.state import SwarmState
 from swarmnode.state.records import Lease
 
@@ -282,6 +286,30 @@ def test_fault_names_are_checked() -> None:
         parse_faults("partitions,quakes")
 
 
+def test_a_bad_workload_file_is_one_line_of_error_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "w.json"
+    bad.write_text('{"packages": [{"name": "a", "duration_s": -1, "deps": []}]}')
+    for command in ("run", "sweep"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--workload", str(bad)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.endswith("argument --workload: workload w: package 'a': 'duration_s' must "
+                            "be a number ≥ 0 (got -1)"), err
+
+
+def test_a_workload_with_a_cycle_loses_the_dep_the_bench_drops(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"packages": [
+        {"name": n, "duration_s": 5, "deps": d, "installed_kib": 1}
+        for n, d in (("a", ["b"]), ("b", ["a"]), ("c", ["a"]))]}))
+    graph = load(path).packages
+    assert {c: p.deps for c, p in graph.items()} == {
+        "sim-pkgs/a-1": ("sim-pkgs/b-1",), "sim-pkgs/b-1": (), "sim-pkgs/c-1": ("sim-pkgs/a-1",)}
+    assert list(graph) == ["sim-pkgs/b-1", "sim-pkgs/a-1", "sim-pkgs/c-1"]  # deps first
+
+
 def test_run_and_sweep_plug_into_a_dispatcher() -> None:
     parser = argparse.ArgumentParser()
     cli.add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -322,12 +350,6 @@ def test_a_sweep_stopped_with_sigterm_leaves_no_worker_running() -> None:
 
 
 # -- one plan, two tiers (simulation/faultplan.py) ----------------------------------------------
-import json  # noqa: E402
-from dataclasses import replace  # noqa: E402
-
-from simulation import faultplan  # noqa: E402
-from simulation.sim.clock import on_grid as _on_grid  # noqa: E402
-from simulation.sim.simulation import RunResult, fault_window  # noqa: E402
 
 TIMED = ("partitions", "crashes", "pauses", "flaky", "slow", "restart-all")
 #: the nemesis event each planned kind shows as in the simulator's history
@@ -373,7 +395,7 @@ def _check_executed(plan: list[faultplan.Fault], stdout: str) -> None:
     for k, fault in enumerate(plan):
         t, kind, f = planned[k]
         assert kind == EVENT[fault.kind]
-        assert abs(t - _on_grid(fault.at)) < 2e-6, (k, t, fault.at)
+        assert abs(t - on_grid(fault.at)) < 2e-6, (k, t, fault.at)
         if fault.kind in ("crashes", "pauses", "slow") and fault.shape == "node":
             assert names[fault.nodes[0]] in (f["node"], f.get("instead_of")), (fault, f)
         if fault.kind == "partitions" and fault.shape != "leader":

@@ -88,7 +88,8 @@ def run_bench(workload: Workload, fleet: list[NodeSpec], config: BenchConfig) ->
         "workload": {"name": workload.name, "path": config.workload_path,
                      "packages": len(workload.packages), "sha256": workload.sha256,
                      "total_duration_s": round(sum(p.duration_s for p in workload.packages), 3),
-                     "ignored_deps": workload.ignored_deps},
+                     "ignored_deps": workload.ignored_deps,
+                     "cycle_deps_dropped": [list(e) for e in workload.cycle_deps_dropped]},
         "seed": config.seed,
         "model": model.describe(),
         "scheduler": {"state_machine": "swarmnode.state.SwarmState (claim/complete)",
@@ -139,10 +140,14 @@ def _chain_line(result: dict[str, Any]) -> str:
 
 def summary_table(result: dict[str, Any]) -> str:
     """The few lines printed after a run."""
+    cut = result["workload"]["cycle_deps_dropped"]
     lines = [
         f"workload {result['workload']['name']} ({result['workload']['packages']} packages), "
         f"fleet {result['fleet']['spec']} ({result['fleet']['total_cores']} cores), "
         f"seed {result['seed']}",
+        *([f"  dependency cycles: ignored {len(cut)} dep(s) to break them: "
+           + ", ".join(f"{p} → {d}" for p, d in cut[:5])
+           + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")] if cut else []),
         f"  lower bound        {result['lower_bound_s']:>10.0f} s   (critical path "
         f"{result['lower_bound']['critical_path_s']:.0f} s at {result['lower_bound']['max_cores']}"
         f" cores, work {result['lower_bound']['work_s']:.0f} s)",

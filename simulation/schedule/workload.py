@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Workload:
     sha256: str                # of the file's bytes: which workload a result is about
     packages: tuple[Package, ...]
     ignored_deps: int          # deps naming packages not in the file (ignored, as documented)
+    cycle_deps_dropped: tuple[tuple[str, str], ...] = ()   # (package, dep): closed a cycle
 
     def by_name(self) -> dict[str, Package]:
         return {p.name: p for p in self.packages}
@@ -70,7 +71,8 @@ def _number(raw: dict[str, Any], key: str, where: str) -> float:
 
 
 def parse_workload(data: Any, name: str, sha256: str) -> Workload:
-    """Validate a decoded workload; deps on unknown packages are dropped, cycles refused."""
+    """Validate a decoded workload; deps on unknown packages are dropped, and so is one edge
+    of every dependency cycle (:func:`cycle_edges`)."""
     if not isinstance(data, dict) or not isinstance(data.get("packages"), list):
         raise BenchInputError(f"workload {name}: expected {{\"packages\": [...]}}")
     raw_pkgs: list[Any] = data["packages"]
@@ -96,35 +98,56 @@ def parse_workload(data: Any, name: str, sha256: str) -> Workload:
         deps = raw.get("deps", [])
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             raise BenchInputError(f"{where}: 'deps' must be a list of names")
-        known = sorted({d for d in deps if d in names and d != raw["name"]})
+        known = sorted({d for d in deps if d in names})
         ignored += sum(1 for d in deps if d not in names)
-        if raw["name"] in deps:
-            raise BenchInputError(f"{where}: depends on itself (a dependency cycle)")
         pkg = Package(name=raw["name"], duration_s=_number(raw, "duration_s", where),
                       deps=tuple(known), installed_kib=_number(raw, "installed_kib", where),
                       index=i)
         if package_key(pkg.cpv) != f"{CATEGORY}/{pkg.name}":
             raise BenchInputError(f"{where}: name cannot be made into a cpv")
         pkgs.append(pkg)
-    _, stuck = topo_order({p.name: p.deps for p in pkgs})
-    if stuck:
-        loop = find_cycle({p.name: p.deps for p in pkgs}, stuck)
-        raise BenchInputError(f"workload {name}: dependency cycle {' → '.join(loop)} "
-                              f"({len(stuck)} packages are on or behind a cycle)")
-    return Workload(name=name, sha256=sha256, packages=tuple(pkgs), ignored_deps=ignored)
+    dropped = cycle_edges({p.name: p.deps for p in pkgs})
+    if dropped:
+        cut = set(dropped)
+        pkgs = [replace(p, deps=tuple(d for d in p.deps if (p.name, d) not in cut))
+                for p in pkgs]
+        assert not topo_order({p.name: p.deps for p in pkgs})[1]
+    return Workload(name=name, sha256=sha256, packages=tuple(pkgs), ignored_deps=ignored,
+                    cycle_deps_dropped=tuple(dropped))
 
 
-def find_cycle(deps: dict[str, tuple[str, ...]], stuck: list[str]) -> list[str]:
-    """One concrete cycle among ``stuck`` (what the user has to break), first node repeated."""
-    inside = set(stuck)
-    node = stuck[0]
-    seen: dict[str, int] = {}
-    path: list[str] = []
-    while node not in seen:  # every stuck node has a stuck dep: walking must loop
-        seen[node] = len(path)
-        path.append(node)
-        node = next(d for d in deps[node] if d in inside)
-    return path[seen[node]:] + [node]
+def cycle_edges(deps: dict[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """The (package, dep) edges to ignore so that no dependency cycle is left: the back edges
+    of a depth-first walk in file order, deps in name order (deterministic).
+
+    Real dependency closures have cycles (Debian's do; in Gentoo, PDEPEND and runtime loops),
+    and whatever builds them builds one member first, without the other; a scheduling bench
+    has to do the same rather than refuse the file. Which edges went is printed and kept in
+    result.json.
+    """
+    if not topo_order(deps)[1]:
+        return []
+    state: dict[str, int] = {}   # 1: on the walk's current path, 2: done
+    dropped: list[tuple[str, str]] = []
+    for root in deps:
+        if root in state:
+            continue
+        state[root] = 1
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            node, i = stack[-1]
+            if i == len(deps[node]):
+                stack.pop()
+                state[node] = 2
+                continue
+            stack[-1] = (node, i + 1)
+            dep = deps[node][i]
+            if state.get(dep) == 1:
+                dropped.append((node, dep))
+            elif dep not in state:
+                state[dep] = 1
+                stack.append((dep, 0))
+    return dropped
 
 
 def load_workload(path: Path) -> Workload:

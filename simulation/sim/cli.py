@@ -34,6 +34,7 @@ from simulation.faultplan import Fault, dumps, read
 from .faults import parse_faults
 from .raftnode import SWITCHABLE_FIXES
 from .simulation import RunResult, SimConfig, fault_plan, fault_window, run
+from .workload import load, resolve
 
 HASH_SEED = "0"
 
@@ -59,9 +60,20 @@ def _fixes(text: str) -> frozenset[int]:
     return fixes
 
 
+def _workload(text: str) -> str:
+    """``--workload``: checked here (the file read and parsed) so that a bad file is one line
+    of error before anything runs, not a traceback from inside a run or a sweep's worker."""
+    if text != "synthetic":
+        try:
+            load(resolve(text))
+        except (OSError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=positive(int), default=5, help="cluster size (default 5)")
-    p.add_argument("--workload", default="synthetic",
+    p.add_argument("--workload", default="synthetic", type=_workload,
                    help="synthetic (seeded, small), desktop "
                         "(tests/data/workloads/desktop.json, 709 packages) or a workload JSON file")
     p.add_argument("--packages", type=positive(int), default=30,

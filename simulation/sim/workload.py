@@ -9,11 +9,12 @@ change a build's time is the scheduling bench's model, not this one's.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from simulation.schedule.workload import load_workload
 
 CATEGORY = "sim-pkgs"
 PROFILE = "sim"
@@ -120,21 +121,16 @@ def resolve(name: str) -> Path:
 
 
 def load(path: Path, time_scale: float = 1.0) -> Workload:
-    """A workload file; durations multiplied by ``time_scale``, names made into cpvs."""
-    raw = json.loads(path.read_text())
-    items = raw.get("packages") if isinstance(raw, dict) else None
-    if not isinstance(items, list) or not items:
-        raise ValueError(f"{path}: expected {{\"packages\": [{{\"name\", \"duration_s\", "
-                         "\"deps\"}, ...]}")
-    names = {str(p["name"]) for p in items}
-    cpv = {n: f"{CATEGORY}/{n.replace(' ', '_')}-1" for n in names}
-    deps = {str(p["name"]): tuple(sorted(cpv[d] for d in p.get("deps", []) if d in names
-                                         and d != p["name"])) for p in items}
-    by_cpv = {cpv[str(p["name"])]: p for p in items}
-    order = _topological({cpv[n]: deps[n] for n in names})
+    """A workload file, read and checked by the scheduling bench's parser (the same errors;
+    deps outside the file ignored, one dep of every cycle dropped); durations × ``time_scale``,
+    names made into cpvs."""
+    parsed = load_workload(path)
+    cpv = {p.name: f"{CATEGORY}/{p.name}-1" for p in parsed.packages}
+    deps = {cpv[p.name]: tuple(sorted(cpv[d] for d in p.deps)) for p in parsed.packages}
+    by_cpv = {cpv[p.name]: p for p in parsed.packages}
     graph: dict[str, Package] = {}
-    for c in order:
+    for c in _topological(deps):
         p = by_cpv[c]
-        graph[c] = Package(c, round(float(p["duration_s"]) * time_scale, 3), deps[str(p["name"])],
-                           max(1, int(p.get("installed_kib", 1024)) * 1024))
+        graph[c] = Package(c, round(p.duration_s * time_scale, 3), deps[c],
+                           max(1, int(p.installed_kib) * 1024))
     return Workload(path.stem, graph)
