@@ -62,6 +62,15 @@ def test_serial_fraction_small_packages_serial_big_ones_parallel() -> None:
     assert fractions[0] > fractions[1] > fractions[2]
 
 
+def test_without_installed_sizes_the_serial_fraction_follows_the_duration() -> None:
+    w = parse_workload({"packages": [{"name": "short", "duration_s": 20, "deps": []},
+                                     {"name": "long", "duration_s": 7200, "deps": ["short"],
+                                      "installed_kib": None}]}, "w", "")
+    assert [p.installed_kib for p in w.packages] == [None, None]
+    model = build_model(w)
+    assert model.serial == {"short": pytest.approx(0.9), "long": pytest.approx(0.05)}
+
+
 def test_every_serial_fraction_of_desktop_is_within_bounds() -> None:
     from simulation.schedule.workload import load_workload
     model = build_model(load_workload(DESKTOP))

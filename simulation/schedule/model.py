@@ -17,7 +17,7 @@ anchor and clamped to [0, 1]::
     x_d = clamp(log(d4 / duration_lo_s) / log(duration_hi_s / duration_lo_s), 0, 1)
     x_k = clamp(log(kib / size_lo_kib)  / log(size_hi_kib  / size_lo_kib),  0, 1)
     x   = (1 - size_weight) * x_d + size_weight * x_k
-    s   = serial_max - (serial_max - serial_min) * x
+    s   = serial_max - (serial_max - serial_min) * x      (no installed_kib: x = x_d)
 
 With the defaults a 14 s, 73 KiB package gets s = 0.90, the median one (41 s, 604 KiB) 0.80,
 gtk+3 (1930 s, 36 MiB) 0.15 and chromium 0.05. Override either the parameters or single
@@ -69,10 +69,11 @@ def _scale(value: float, lo: float, hi: float) -> float:
 
 
 def serial_fraction(pkg: Package, params: SerialParams) -> float:
-    x = ((1.0 - params.size_weight) * _scale(pkg.duration_s, params.duration_lo_s,
-                                             params.duration_hi_s)
-         + params.size_weight * _scale(pkg.installed_kib, params.size_lo_kib,
-                                       params.size_hi_kib))
+    x = _scale(pkg.duration_s, params.duration_lo_s, params.duration_hi_s)
+    if pkg.installed_kib is not None:  # else: duration is the only signal
+        x = ((1.0 - params.size_weight) * x
+             + params.size_weight * _scale(pkg.installed_kib, params.size_lo_kib,
+                                           params.size_hi_kib))
     return params.serial_max - (params.serial_max - params.serial_min) * x
 
 

@@ -42,6 +42,9 @@ from .timeline import Build
 from .workload import NodeSpec, Workload
 
 PROFILE = "desktop"
+#: Size of a built package whose workload entry has no ``installed_kib`` (only the artifact
+#: records need one; the desktop median is ~600 KiB).
+UNKNOWN_SIZE_KIB = 1024
 #: ``SwarmSettings.max_jobs`` meaning one build slot per core, and one per two cores.
 ALL_CORES = -1
 HALF_CORES = -2
@@ -191,6 +194,7 @@ class _Sim:
                 del self.running[node_id][fence]
                 sha = hashlib.sha256(f"{cycle_id}:{run.cpv}".encode()).hexdigest()
                 pkg_kib = self.pkgs[run.name].installed_kib
+                pkg_kib = UNKNOWN_SIZE_KIB if pkg_kib is None else pkg_kib
                 self.apply("complete", node_id=node_id, fence=fence, cycle_id=cycle_id,
                            cpv=run.cpv, success=True, duration_s=run.end - run.start,
                            log_sha256=hashlib.sha256(sha.encode()).hexdigest(),

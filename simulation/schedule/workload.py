@@ -28,7 +28,7 @@ class Package:
     name: str
     duration_s: float          # wall seconds measured with ~4 cores (see model.py)
     deps: tuple[str, ...]      # only names that are packages of the workload, sorted
-    installed_kib: float
+    installed_kib: float | None   # None: not in the file (the model then uses duration only)
     index: int                 # position in the file: emerge order breaks ties with it
 
     @property
@@ -101,7 +101,9 @@ def parse_workload(data: Any, name: str, sha256: str) -> Workload:
         known = sorted({d for d in deps if d in names})
         ignored += sum(1 for d in deps if d not in names)
         pkg = Package(name=raw["name"], duration_s=_number(raw, "duration_s", where),
-                      deps=tuple(known), installed_kib=_number(raw, "installed_kib", where),
+                      deps=tuple(known),
+                      installed_kib=(None if raw.get("installed_kib") is None
+                                     else _number(raw, "installed_kib", where)),
                       index=i)
         if package_key(pkg.cpv) != f"{CATEGORY}/{pkg.name}":
             raise BenchInputError(f"{where}: name cannot be made into a cpv")

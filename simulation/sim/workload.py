@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulation.schedule.swarm import UNKNOWN_SIZE_KIB
 from simulation.schedule.workload import load_workload
 
 CATEGORY = "sim-pkgs"
@@ -131,6 +132,7 @@ def load(path: Path, time_scale: float = 1.0) -> Workload:
     graph: dict[str, Package] = {}
     for c in _topological(deps):
         p = by_cpv[c]
+        kib = UNKNOWN_SIZE_KIB if p.installed_kib is None else p.installed_kib
         graph[c] = Package(c, round(p.duration_s * time_scale, 3), deps[c],
-                           max(1, int(p.installed_kib) * 1024))
+                           max(1, int(kib) * 1024))
     return Workload(path.stem, graph)
