@@ -39,12 +39,9 @@ from swarmnode.state import SwarmState
 
 from .model import DurationModel
 from .timeline import Build
-from .workload import NodeSpec, Workload
+from .workload import UNKNOWN_SIZE_KIB, NodeSpec, Workload
 
 PROFILE = "desktop"
-#: Size of a built package whose workload entry has no ``installed_kib`` (only the artifact
-#: records need one; the desktop median is ~600 KiB).
-UNKNOWN_SIZE_KIB = 1024
 #: ``SwarmSettings.max_jobs`` meaning one build slot per core, and one per two cores.
 ALL_CORES = -1
 HALF_CORES = -2

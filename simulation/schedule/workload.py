@@ -17,6 +17,9 @@ from swarmnode.state.scheduling import package_key, topo_order
 #: Jobs get made-up but stable cpvs: ``bench/<name>-1.0`` (the state machine learns per cat/pn).
 CATEGORY = "bench"
 VERSION = "1.0"
+#: Size of a built package whose workload entry has no ``installed_kib`` (only the artifact
+#: records need one; the desktop median is ~600 KiB).
+UNKNOWN_SIZE_KIB = 1024
 
 
 class BenchInputError(ValueError):

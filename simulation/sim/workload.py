@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulation.schedule.swarm import UNKNOWN_SIZE_KIB
-from simulation.schedule.workload import load_workload
+from simulation.schedule.workload import UNKNOWN_SIZE_KIB, load_workload
 
 CATEGORY = "sim-pkgs"
 PROFILE = "sim"
