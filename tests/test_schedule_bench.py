@@ -183,6 +183,20 @@ def test_result_names_the_chain_that_ended_the_run_and_its_waits() -> None:
         sum(link["waited_s"] for link in chain), abs=0.01)
 
 
+def test_subset_keeps_the_closure_of_a_share_of_the_top_level_packages() -> None:
+    source = json.loads(DESKTOP.read_text())["packages"]
+    whole = generate("subset", 1, source, share=1.0)["packages"]
+    assert [p["name"] for p in whole] == [p["name"] for p in source]   # all of it, in order
+    assert any(a["duration_s"] != b["duration_s"] for a, b in zip(whole, source))
+    names = {p["name"] for p in source}
+    for share in (0.4, 0.7):
+        kept = generate("subset", 1, source, share=share)["packages"]
+        have = {p["name"] for p in kept}
+        assert len(kept) < len(source)
+        assert all(d in have for p in kept for d in p["deps"] if d in names)  # closed
+    assert generate("subset", 2, source, 0.7) == generate("subset", 2, source, 0.7)
+
+
 def test_cli_writes_result_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "w.json", generate("huge-cpp", 2))
     out = tmp_path / "out"

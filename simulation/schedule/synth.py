@@ -94,11 +94,11 @@ def huge_cpp(rng: random.Random) -> list[Pkg]:
     return pkgs
 
 
-def subset(rng: random.Random, source: list[Pkg]) -> list[Pkg]:
+def subset(rng: random.Random, source: list[Pkg], share: float = 0.4) -> list[Pkg]:
     names = {p["name"]: p for p in source}
     wanted = {d for p in source for d in p["deps"]}
     tops = [p["name"] for p in source if p["name"] not in wanted]
-    todo = rng.sample(tops, max(1, round(len(tops) * 0.4)))
+    todo = rng.sample(tops, max(1, round(len(tops) * share)))
     keep: set[str] = set()
     while todo:
         name = todo.pop()
@@ -113,18 +113,33 @@ SHAPES: dict[str, Callable[[random.Random], list[Pkg]]] = {
     "chain-fanout": chain_fanout, "tiny": tiny, "huge-cpp": huge_cpp}
 
 
-def generate(shape: str, seed: int, source: list[Pkg] | None = None) -> dict[str, Any]:
+def generate(shape: str, seed: int, source: list[Pkg] | None = None,
+             share: float = 0.4) -> dict[str, Any]:
     """The workload document for ``shape`` and ``seed`` (same arguments → same bytes);
-    ``subset`` draws from ``source`` (the packages of another workload)."""
+    ``subset`` draws from ``source`` (the packages of another workload), keeping the
+    closure of ``share`` of its top-level packages (1.0: all of it, only the durations
+    change)."""
     rng = random.Random(f"{shape}:{seed}")
+    command = f"simulation.schedule.synth {shape} --seed {seed}"
     if shape == "subset":
         if source is None:
             raise ValueError("the subset shape needs a source workload")
-        pkgs = subset(rng, source)
+        pkgs = subset(rng, source, share)
+        command += f" --share {share:g}"
     else:
         pkgs = SHAPES[shape](rng)
         rng.shuffle(pkgs)  # file order is not a topological order in real files either
-    return {"source": f"simulation.schedule.synth {shape} --seed {seed}", "packages": pkgs}
+    return {"source": command, "packages": pkgs}
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--share is a fraction in (0, 1] (got {text!r})")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--from", dest="source", type=Path,
                         help="workload the subset shape draws from")
+    parser.add_argument("--share", type=_share, default=None,
+                        help="subset: share of the top-level packages whose closure is kept "
+                             "(default 0.4; 1 keeps every package, durations still scaled)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if (args.shape == "subset") != (args.source is not None):
         parser.error("--from goes with the subset shape, and only with it")
+    if args.share is not None and args.shape != "subset":
+        parser.error("--share goes with the subset shape only")
     source = json.loads(args.source.read_text())["packages"] if args.source else None
-    doc = generate(args.shape, args.seed, source)
+    doc = generate(args.shape, args.seed, source, 0.4 if args.share is None else args.share)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{args.out}: {args.shape}, seed {args.seed}")
     return 0
