@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from swarmnode.node.decisions import Fetch, FetchBackoff, LivenessTracker
+from swarmnode.node.decisions import Fetch, FetchBackoff, LivenessTracker, tree_check_due
+from test_state_machine import P, Swarm
 
 
 def test_a_failed_copy_backs_off_until_its_holders_change() -> None:
@@ -31,3 +32,19 @@ def test_liveness_needs_down_after_s_of_silence_and_forgets_on_reset() -> None:
     t.reset()
     assert t.observe({"a": False}, 14.0) == {"a": True}
     assert t.observe({"a": True}, 15.0) == {"a": True}
+
+
+def test_a_pinned_cycle_has_nodes_check_their_tree_until_it_ends() -> None:
+    w = Swarm()
+    w.node("n1", tree_versions={P: "t1"})
+    w.node("other", profiles=("server",))
+    assert not tree_check_due(w.s, "n1")                               # no cycle
+    w.cycle("c1", {"a/x-1": [], "a/y-1": ["a/x-1"]}, tree_version="t1")
+    assert tree_check_due(w.s, "n1") and not tree_check_due(w.s, "other")
+    claim = w.claim("n1")                                              # nothing ready now
+    assert w.s.cycle("c1").ready == 0 and tree_check_due(w.s, "n1")
+    w.finish("n1", claim)
+    w.build("n1")
+    assert w.s.cycle("c1").finished and not tree_check_due(w.s, "n1")
+    w.cycle("c2", {"a/z-1": []})                                       # not pinned
+    assert not tree_check_due(w.s, "n1")

@@ -72,17 +72,19 @@ def claim_command(state: SwarmState, view: WorkerView, lease_ttl_s: float,
 
 
 def tree_check_due(state: SwarmState, node_id: str) -> bool:
-    """A cycle pinned to a tree version has ready jobs for this node's profiles.
+    """A cycle pinned to a tree version is running for one of this node's profiles.
 
     Then the node looks at its repositories again before claiming (rate-limited by the
     caller): someone may have synced or edited them since it last reported, and a node must
-    never build a pinned cycle's job from a different tree.
+    never build a pinned cycle's job from a different tree. Also while none of the cycle's
+    jobs is ready (all leased, or waiting for their deps): a drifted node must say so
+    (`swarmnode nodes` shows it) rather than go quiet until something is ready, by which time
+    another node may have claimed it.
     """
     node = state.node(node_id)
     if node is None:
         return False
-    return any(c.profile in node.profiles and c.ready > 0 and c.tree_version
-               for c in state.active_cycles())
+    return any(c.profile in node.profiles and c.tree_version for c in state.active_cycles())
 
 
 def staging_artifacts(cycle: Any, cpv: str) -> list[Any]:
