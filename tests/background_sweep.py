@@ -4,16 +4,14 @@ session starts, at idle CPU priority, and checked by a test that runs last.
 Issue 5 asks for as many seeds as fit in about five minutes on 2 cores. Run in the foreground
 they would add those five minutes to a suite that is already over its 15-minute budget; but
 most of the suite waits on real processes (portage phases, Raft and lease timeouts) with a
-core idle. The sweep runs in that idle time at the lowest priority there is (it takes no CPU
-another process wants, so it cannot slow the timing-sensitive multi-process tests), and what
-is not done when its test comes runs then, alone.
+core idle. The sweep runs in that idle time at the lowest priority there is: it takes no CPU
+another process wants (it still shares caches and memory bandwidth, so timings shift a
+little), and what is not done when its test comes runs then, alone.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from simulation.procs import die_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 #: 140 seeds with every fault, ~4 CPU seconds each: about five minutes on 2 cores.
@@ -46,7 +46,7 @@ def _idle_and_tied_to_pytest() -> None:
     except OSError:  # no autogroup (CONFIG_SCHED_AUTOGROUP off): SCHED_IDLE is global then
         pass
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 @dataclass
@@ -72,7 +72,7 @@ class BackgroundSweep:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()  # its workers end with it (PR_SET_PDEATHSIG, simulation/sim/cli.py)
+            self.proc.kill()  # its workers end with it (simulation/procs.py)
             self.proc.wait()
         self.output.unlink(missing_ok=True)
         self.output.parent.rmdir()

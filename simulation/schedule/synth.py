@@ -94,7 +94,11 @@ def huge_cpp(rng: random.Random) -> list[Pkg]:
     return pkgs
 
 
-def subset(rng: random.Random, source: list[Pkg], share: float = 0.4) -> list[Pkg]:
+#: ``subset``: share of the top-level packages whose closure is kept, unless told.
+DEFAULT_SHARE = 0.4
+
+
+def subset(rng: random.Random, source: list[Pkg], share: float = DEFAULT_SHARE) -> list[Pkg]:
     names = {p["name"]: p for p in source}
     wanted = {d for p in source for d in p["deps"]}
     tops = [p["name"] for p in source if p["name"] not in wanted]
@@ -114,7 +118,7 @@ SHAPES: dict[str, Callable[[random.Random], list[Pkg]]] = {
 
 
 def generate(shape: str, seed: int, source: list[Pkg] | None = None,
-             share: float = 0.4) -> dict[str, Any]:
+             share: float = DEFAULT_SHARE) -> dict[str, Any]:
     """The workload document for ``shape`` and ``seed`` (same arguments → same bytes);
     ``subset`` draws from ``source`` (the packages of another workload), keeping the
     closure of ``share`` of its top-level packages (1.0: all of it, only the durations
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="workload the subset shape draws from")
     parser.add_argument("--share", type=_share, default=None,
                         help="subset: share of the top-level packages whose closure is kept "
-                             "(default 0.4; 1 keeps every package, durations still scaled)")
+                             f"(default {DEFAULT_SHARE:g}; 1 keeps every package, durations "
+                             "still scaled)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if (args.shape == "subset") != (args.source is not None):
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.share is not None and args.shape != "subset":
         parser.error("--share goes with the subset shape only")
     source = json.loads(args.source.read_text())["packages"] if args.source else None
-    doc = generate(args.shape, args.seed, source, 0.4 if args.share is None else args.share)
+    doc = generate(args.shape, args.seed, source,
+                   DEFAULT_SHARE if args.share is None else args.share)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{args.out}: {args.shape}, seed {args.seed}")
     return 0

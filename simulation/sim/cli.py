@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import dataclasses
 import multiprocessing
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -30,6 +28,7 @@ from typing import Any
 
 from simulation.argtypes import checked, positive
 from simulation.faultplan import Fault, dumps, read
+from simulation.procs import die_with_parent
 
 from .faults import parse_faults
 from .raftnode import SWITCHABLE_FIXES
@@ -256,12 +255,8 @@ def _hash_seed_env() -> Iterator[None]:
 def _die_with(parent: int) -> None:
     """Worker initializer: end when the process that started the pool does. A sweep stopped
     with SIGTERM (``timeout``, a CI job's end) cannot shut its pool down, and its workers
-    would go on running seeds nobody reads (Linux: PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux/glibc: workers then outlive a killed sweep
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    would go on running seeds nobody reads."""
+    if die_with_parent() and os.getppid() != parent:  # the parent died before prctl
         os._exit(1)
 
 
