@@ -13,7 +13,7 @@ import pytest
 
 from simulation.__main__ import main
 from simulation.schedule.bench import BenchConfig, run_bench
-from simulation.schedule.bounds import lower_bound
+from simulation.schedule.bounds import gate_bound, lower_bound
 from simulation.schedule.model import SerialParams, build_model, duration, serial_fraction
 from simulation.schedule.reference import emerge_order, simulate_reference
 from simulation.schedule.swarm import SwarmSettings
@@ -105,6 +105,21 @@ def test_lower_bound_on_a_hand_checked_workload() -> None:
     assert bound.value == pytest.approx(90.0)
 
 
+def test_gate_bound_counts_the_work_waiting_behind_one_package() -> None:
+    # six packages wait for a; c waits for b1 (and so for a too)
+    w = workload([("a", 40.0, []), *((f"b{i}", 80.0, ["a"]) for i in range(1, 7)),
+                  ("c", 20.0, ["b1"])])
+    model = build_model(w, {"default": {"serial_min": 0.5, "serial_max": 0.5}})
+    fleet = parse_fleet("8,4")
+    bound = lower_bound(w, model, fleet)
+    assert bound.value == pytest.approx(max(30 + 60 + 15, (100 + 6 * 200 + 50) / 12))
+    gate = gate_bound(w, model, fleet)
+    # a ends at 30 s at the earliest; b1..b6 and c (1 250 core-s) share 12 cores after it
+    assert (gate.gate, gate.gate_done_s) == ("a", pytest.approx(30.0))
+    assert gate.work_behind_core_s == pytest.approx(1250.0)
+    assert gate.value_s == pytest.approx(30 + 1250 / 12) and gate.value_s > bound.value
+
+
 def test_reference_policy_by_hand() -> None:
     # file order b, a, c, d: emerge lists b's dependency a first
     w = workload([("b", 80.0, ["a"]), ("a", 40.0, []), ("c", 20.0, []), ("d", 10.0, [])])
@@ -142,6 +157,10 @@ def test_a_run_is_physical_and_deterministic() -> None:
         assert key in result
     assert result["makespan_s"] >= result["lower_bound_s"]
     assert result["reference_policy_makespan_s"] >= result["lower_bound_s"]
+    # the tighter bound is still a bound: no schedule, ours or the reference, beats it
+    tighter = result["tighter_bound"]["value_s"]
+    assert result["lower_bound_s"] <= tighter <= result["makespan_s"]
+    assert tighter <= result["reference_policy_makespan_s"]
     assert sum(n["dispatches"] for n in result["nodes"]) == len(w.packages)
     assert all(0.0 < n["utilisation"] <= 1.0 for n in result["nodes"])
     builds = {b["name"]: b for b in result["builds"]}
