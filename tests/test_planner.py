@@ -6,16 +6,19 @@ once per session by test_builder.example_release().
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from example_build import REPO, ExampleRelease, example_profile
 
 from swarmnode.errors import UserError
 from swarmnode.portage.env import PortageEnv, venv_bin
+from swarmnode.portage import planner
 from swarmnode.portage.planner import JobSpec, Plan, plan, tree_version
 
 DESKTOP_CLOSURE = {
@@ -165,6 +168,35 @@ def test_tree_version_follows_the_contents(tmp_path: Path) -> None:
     assert tree_version(profile) == head
     ebuild.write_text(ebuild.read_text() + "\n# dirty\n")
     assert tree_version(profile).startswith(f"{head}-dirty-")
+
+
+def test_an_unchanged_tree_is_not_read_again(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node re-reads its tree every few seconds during a pinned cycle: without git, only a
+    stat walk unless a file changed (a rsync'd Gentoo tree is ~170 000 files)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo)
+    profile = example_profile("desktop", repo=repo)
+    monkeypatch.setattr(planner, "_RACY_NS", -10**18)   # the files are seconds old, say
+    first = tree_version(profile)
+    reads: list[str] = []
+
+    def counting_open(path: str, mode: str = "r") -> Any:
+        reads.append(path)
+        return open(path, mode)
+    monkeypatch.setattr(planner, "open", counting_open, raising=False)
+    assert tree_version(profile) == first and reads == []
+    ebuild = repo / "app-misc" / "motd" / "motd-1.0.ebuild"
+    ebuild.write_text(ebuild.read_text() + "# appended\n")       # a write
+    second = tree_version(profile)
+    assert second != first and reads
+    # replaced by a same-sized file with the old mtime, as rsync does: a new inode and ctime
+    text, stat = ebuild.read_text(), ebuild.stat()
+    swap = ebuild.with_suffix(".new")
+    swap.write_text(text.replace("# appended", "# Appended"))
+    os.utime(swap, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    swap.rename(ebuild)
+    assert tree_version(profile) not in (first, second)
 
 
 @pytest.mark.slow

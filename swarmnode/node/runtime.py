@@ -143,6 +143,7 @@ class Node:
         self.registered = asyncio.Event()
         self.liveness = decisions.LivenessTracker(config.cluster.down_after_s)
         self._tree_checked = -1e9
+        self._tree_read_s = 0.0        # what the last read of the tree versions took
         self.binhost = Binhost(self.paths.binhost, self.store)
         self.key = signing.ensure_signing_key(self.paths.gpg, name=f"swarmnode {config.cluster.name}")
         self.signing_env = signing.builder_env(self.key)
@@ -491,13 +492,17 @@ class Node:
         return [t.cpv for t in todo if t.sha256 not in got]
 
     async def refresh_tree_versions(self, min_interval_s: float = 10.0) -> None:
-        """Re-read this node's tree versions and report them if they changed (rate-limited:
-        hashing a large repository without git is not free)."""
-        if time.monotonic() - self._tree_checked < min_interval_s:
+        """Re-read this node's tree versions and report them if they changed, unless they were
+        read less than ``min_interval_s`` ago. A look in the background (the default interval)
+        also waits 10× what the last read took: a stat walk of a rsync'd Gentoo tree takes
+        seconds, and it should cost at most a tenth of a core."""
+        since = time.monotonic() - self._tree_checked
+        if since < min_interval_s or (min_interval_s >= 10.0 and since < 10 * self._tree_read_s):
             return
-        self._tree_checked = time.monotonic()
+        started = self._tree_checked = time.monotonic()
         versions = await asyncio.to_thread(portage_sync.tree_versions,
                                            self.config.profiles.values())
+        self._tree_read_s = time.monotonic() - started
         me = self.log.state.node(self.node_id)
         if me is not None and me.tree_versions != versions:
             log.info("portage tree changed: %s", versions)

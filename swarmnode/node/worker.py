@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Before claiming while a pinned cycle runs, the tree is read again unless it was read this
+#: recently (a burst of claims reads it once; a stat walk, see planner._content_hash).
+PRE_CLAIM_CHECK_S = 1.0
+
 
 async def idle(slot_freed: asyncio.Event, log: ReplicatedLog, poll_s: float) -> None:
     """Wait until the state changes, a build slot frees up, or poll_s passes."""
@@ -81,21 +85,36 @@ class Worker:
                 if now_grounded and not grounded:
                     await self.restart_builder()
                 grounded = now_grounded
-                if decisions.tree_check_due(self.node.log.state, self.cfg.node.node_id):
-                    await self.node.refresh_tree_versions()
-                while (cmd := decisions.claim_command(self.node.log.state, self.view(),
-                                                      self.cfg.build.lease_ttl_s,
-                                                      ts=time.time())) is not None:
-                    result = await self.node.submit(command(cmd[0], **cmd[1]))
-                    job = result.get("job") if result.get("ok") else None
-                    if not job:
-                        break
-                    self._start(job, result["lease"])
+                await self.claim_round()
             except NoQuorum as exc:
                 log.warning("worker: %s", exc)
             except Exception:  # keep the worker alive; the error is logged with its cause
                 log.exception("worker: claiming failed")
             await self._idle()
+
+    async def claim_round(self) -> None:
+        """Claim and start builds while the state offers this node one."""
+        pinned = decisions.tree_check_due(self.node.log.state, self.cfg.node.node_id)
+        if pinned:  # every 10 s: a drifted node says so even when it claims nothing
+            await self.node.refresh_tree_versions()
+        while (cmd := self._claim_command()) is not None:
+            if pinned:
+                # About to claim: a pinned cycle's job must be built from its tree as it is
+                # now, not as it was at the last look (up to 10 s ago). A changed tree is
+                # reported first, and the state then decides whether this node may claim.
+                pinned = False
+                await self.node.refresh_tree_versions(min_interval_s=PRE_CLAIM_CHECK_S)
+                if (cmd := self._claim_command()) is None:
+                    break
+            result = await self.node.submit(command(cmd[0], **cmd[1]))
+            job = result.get("job") if result.get("ok") else None
+            if not job:
+                break
+            self._start(job, result["lease"])
+
+    def _claim_command(self) -> decisions.Command | None:
+        return decisions.claim_command(self.node.log.state, self.view(),
+                                       self.cfg.build.lease_ttl_s, ts=time.time())
 
     async def restart_builder(self) -> None:
         """Grounded by the breaker: stop everything and start the builder from scratch."""

@@ -17,9 +17,11 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,23 +184,83 @@ def _git_dirty(repo: Path) -> bool:
     return bool(status)
 
 
+#: repo → (stat fingerprint, content hash) of the last hash: a node re-reads its tree every
+#: few seconds while a pinned cycle runs, and a rsync'd Gentoo tree is ~170 000 files.
+_HASHED: dict[Path, tuple[str, str]] = {}
+
+
+def _tree_stats(repo: Path) -> list[tuple[str, os.stat_result | None]]:
+    """Every file under ``repo`` (relative path, lstat), sorted, VCS metadata skipped.
+    os.scandir with plain strings: a Path per file made a 170 000-file walk take 7 s."""
+    found: list[tuple[str, os.stat_result | None]] = []
+    stack = [("", str(repo))]
+    while stack:
+        rel, path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for entry in entries:
+            name = f"{rel}{entry.name}"
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in (".git", ".svn", ".hg"):
+                        stack.append((name + "/", entry.path))
+                    continue
+                found.append((name, entry.stat(follow_symlinks=False)))
+            except OSError:
+                found.append((name, None))
+    found.sort(key=lambda f: f[0].split("/"))  # component-wise, as sorting Paths did
+    return found
+
+
+#: A file changed this recently may change again within the same timestamp tick (the kernel
+#: stamps with a coarse clock) without its stat changing: its tree is hashed, not cached.
+_RACY_NS = 2_000_000_000
+
+
+def _fingerprint(files: list[tuple[str, os.stat_result | None]]) -> tuple[str, int]:
+    """Every file's path, size, mtime, ctime and inode: any write, rename or replacement
+    changes the ctime (which, unlike the mtime rsync restores, no one can set back). Also the
+    newest ctime."""
+    h = hashlib.sha256()
+    newest = 0
+    for rel, st in files:
+        if st is None:
+            h.update(f"{rel}\0?\0".encode())
+            continue
+        newest = max(newest, st.st_ctime_ns)
+        h.update(f"{rel}\0{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}\0"
+                 .encode())
+    return h.hexdigest(), newest
+
+
 def _content_hash(repo: Path) -> str:
     """sha256 over every file's relative path and contents (ebuilds, Manifests, eclasses,
-    profiles, files/ …), in sorted order; VCS metadata is skipped."""
+    profiles, files/ …), in sorted order; VCS metadata is skipped. Contents are read again
+    only when a file's stat changed since the last hash of ``repo``."""
+    files = _tree_stats(repo)
+    key = repo.resolve()
+    fingerprint, newest = _fingerprint(files)
+    cached = _HASHED.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
     h = hashlib.sha256()
-    files = []
-    for dirpath, dirnames, filenames in os.walk(repo):
-        dirnames[:] = [d for d in dirnames if d not in (".git", ".svn", ".hg")]
-        files += [Path(dirpath) / f for f in filenames]
-    for path in sorted(files):
-        rel = path.relative_to(repo).as_posix()
+    for rel, st in files:
         h.update(rel.encode() + b"\0")
+        path = os.path.join(repo, rel)
         try:
-            if path.is_symlink():
+            if st is not None and stat.S_ISLNK(st.st_mode):
                 h.update(b"->" + os.readlink(path).encode())
             else:
-                h.update(path.read_bytes())
+                with open(path, "rb") as f:
+                    h.update(f.read())
         except OSError:
             h.update(b"?")
         h.update(b"\0")
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    if newest < time.time_ns() - _RACY_NS:
+        _HASHED[key] = (fingerprint, digest)
+    else:
+        _HASHED.pop(key, None)
+    return digest

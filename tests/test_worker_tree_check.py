@@ -1,0 +1,79 @@
+"""The worker looks at its portage tree right before it claims a pinned cycle's job.
+
+The node is a stand-in (this is a unit test of swarmnode/node/worker.py): a real SwarmState
+applies what the worker submits; ``refresh_tree_versions`` reports what a re-read of the
+tree would find.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from swarmnode.node.worker import PRE_CLAIM_CHECK_S, Worker
+from test_state_machine import P, Swarm
+
+
+class FakeNode:
+    def __init__(self, swarm: Swarm, tree_now: str) -> None:
+        self.swarm = swarm
+        self.log = SimpleNamespace(state=swarm.s)
+        self.config = SimpleNamespace(
+            node=SimpleNamespace(node_id="n1", cores=4, workstation=False, reserve_cores=0),
+            build=SimpleNamespace(max_parallel_jobs=2, lease_ttl_s=60.0))
+        self.tree_now = tree_now          # what the repository holds at this moment
+        self.checks: list[float] = []     # min_interval_s of every refresh asked for
+        self.submitted: list[str] = []
+
+    async def refresh_tree_versions(self, min_interval_s: float = 10.0) -> None:
+        self.checks.append(min_interval_s)
+        me = self.swarm.s.node("n1")
+        if me is not None and me.tree_versions.get(P) != self.tree_now:
+            self.swarm.ok("tree_report", node_id="n1", tree_versions={P: self.tree_now})
+
+    async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self.submitted.append(cmd["op"])
+        fields = {k: v for k, v in cmd.items() if k not in ("op", "rid", "ts")}
+        return self.swarm.do(cmd["op"], **fields)
+
+
+def _worker(tree_now: str) -> tuple[Worker, FakeNode, list[str]]:
+    w = Swarm()
+    w.node("n1", tree_versions={P: "t1"})
+    w.cycle("c1", {"a/x-1": [], "a/y-1": []}, tree_version="t1")
+    node = FakeNode(w, tree_now)
+    worker = Worker(node)  # type: ignore[arg-type]
+    started: list[str] = []
+    worker._start = lambda job, lease: started.append(job["cpv"])  # type: ignore[method-assign]
+    return worker, node, started
+
+
+def test_a_tree_edited_since_the_last_look_is_reported_before_any_claim() -> None:
+    # the last look (≤ 10 s ago) saw t1; the repository has been edited since
+    worker, node, started = _worker(tree_now="t2")
+    node.refresh_tree_versions = _skip_rate_limited(node)  # type: ignore[method-assign]
+    asyncio.run(worker.claim_round())
+    assert node.submitted == [] and started == []          # no claim was even proposed
+    assert node.checks == [10.0, PRE_CLAIM_CHECK_S]
+    assert node.swarm.s.node("n1").tree_versions == {P: "t2"}
+    assert node.swarm.s.cycle("c1").ready == 2             # both jobs left for other nodes
+
+
+def test_an_unchanged_tree_is_read_once_for_a_burst_of_claims() -> None:
+    worker, node, started = _worker(tree_now="t1")
+    asyncio.run(worker.claim_round())
+    assert node.checks == [10.0, PRE_CLAIM_CHECK_S]
+    assert sorted(started) == ["a/x-1", "a/y-1"] and node.submitted == ["claim", "claim"]
+
+
+def _skip_rate_limited(node: FakeNode) -> Any:
+    """The periodic look is rate-limited and finds nothing new; only the pre-claim one reads."""
+    real = node.refresh_tree_versions
+
+    async def refresh(min_interval_s: float = 10.0) -> None:
+        if min_interval_s >= 10.0:
+            node.checks.append(min_interval_s)
+            return
+        await real(min_interval_s)
+    return refresh
