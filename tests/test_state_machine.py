@@ -1102,6 +1102,22 @@ def test_a_build_that_could_not_run_is_requeued_without_failing_the_package() ->
     assert not bad["ok"] and "cannot both succeed" in bad["error"]
 
 
+def test_a_build_whose_tree_changed_is_requeued_without_counting_against_anyone() -> None:
+    sw = Swarm()
+    sw.node("n1", tree_versions={P: "t1"})
+    assert sw.cycle("c1", {"app-misc/a-1": []}, tree_version="t1")["ok"]
+    claim = sw.claim("n1")
+    res = sw.finish("n1", claim, success=False, tree_changed=True)
+    assert res["ok"] and res["requeued"] and not res["node_grounded"]
+    job = sw.s.cycle("c1").jobs["app-misc/a-1"]
+    assert job.state == READY and job.failed_nodes == [] and job.artifact is None
+    assert sw.s.node("n1").consecutive_failures == 0      # an edited tree is not a bad node
+    assert sw.s.counters["builds_tree_changed"] == 1
+    again = sw.claim("n1")
+    bad = sw.finish("n1", again, success=True, tree_changed=True)
+    assert not bad["ok"] and "cannot both succeed" in bad["error"]
+
+
 def admit(w: Swarm, node_id: str, raft: str | None = None, source: str = "mdns") -> dict:
     return w.ok("admit_node", node_id=node_id, raft=raft or f"10.0.0.{node_id[1:]}:7701",
                 url=f"http://{node_id}:7700", cores=4, discovery=source)

@@ -1,4 +1,5 @@
-"""The worker looks at its portage tree right before it claims a pinned cycle's job.
+"""The worker looks at its portage tree right before it claims a pinned cycle's job, and
+again when the build ends: a build of an edited tree does not count.
 
 The node is a stand-in (this is a unit test of swarmnode/node/worker.py): a real SwarmState
 applies what the worker submits; ``refresh_tree_versions`` reports what a re-read of the
@@ -8,10 +9,15 @@ tree would find.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from swarmnode.node.worker import PRE_CLAIM_CHECK_S, Worker
+from swarmnode.portage.builder import BuildResult
+from swarmnode.state.records import BUILT, READY
 from test_state_machine import P, Swarm
 
 
@@ -21,7 +27,11 @@ class FakeNode:
         self.log = SimpleNamespace(state=swarm.s)
         self.config = SimpleNamespace(
             node=SimpleNamespace(node_id="n1", cores=4, workstation=False, reserve_cores=0),
-            build=SimpleNamespace(max_parallel_jobs=2, lease_ttl_s=60.0))
+            build=SimpleNamespace(max_parallel_jobs=2, lease_ttl_s=60.0, heartbeat_s=60.0,
+                                  keep_build_roots=False),
+            profile=lambda name: SimpleNamespace(name=name))
+        self.store = SimpleNamespace(put_file=lambda path: SimpleNamespace(sha256="ab" * 32,
+                                                                           size=1))
         self.tree_now = tree_now          # what the repository holds at this moment
         self.checks: list[float] = []     # min_interval_s of every refresh asked for
         self.submitted: list[str] = []
@@ -77,3 +87,26 @@ def _skip_rate_limited(node: FakeNode) -> Any:
             return
         await real(min_interval_s)
     return refresh
+
+
+@pytest.mark.parametrize("edited", [False, True])
+def test_a_build_that_ends_on_an_edited_tree_is_handed_back(tmp_path: Path,
+                                                             edited: bool) -> None:
+    worker, node, _ = _worker(tree_now="t1")
+    node.paths = SimpleNamespace(builds=tmp_path)  # type: ignore[attr-defined]
+    claim = node.swarm.claim("n1")
+
+    async def build(job: Any, profile: Any, workdir: Path, log_path: Path,
+                    lease: Any) -> BuildResult:
+        if edited:  # someone edits the repository while the package compiles
+            node.tree_now = "t2"
+        return BuildResult(True, workdir / "a.gpkg.tar", log_path, 12.0, "")
+    worker._build = build  # type: ignore[method-assign]
+    asyncio.run(worker._run_job(claim["job"], claim["lease"]))
+    job = node.swarm.s.cycle("c1").jobs[claim["job"]["cpv"]]
+    if not edited:
+        assert job.state == BUILT and job.artifact is not None
+        return
+    assert job.state == READY and job.artifact is None and job.failed_nodes == []
+    assert node.swarm.s.node("n1").tree_versions == {P: "t2"}   # reported on the way
+    assert node.swarm.s.node("n1").consecutive_failures == 0

@@ -179,7 +179,11 @@ class Worker:
                 not_run = False
             finally:
                 beat.cancel()
-            await self._report(job, fence, result, log_path, not_run)
+            drift = await self.tree_drift(job) if result.ok else ""
+            if drift:
+                log.warning("build of %s discarded: %s", cpv, drift)
+                result = builder.BuildResult(False, None, log_path, result.duration_s, drift)
+            await self._report(job, fence, result, log_path, not_run, tree_changed=bool(drift))
         finally:
             if not self.cfg.build.keep_build_roots:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
@@ -230,8 +234,23 @@ class Worker:
                 build.cancel()
                 return
 
+    async def tree_drift(self, job: dict[str, Any]) -> str:
+        """Why a finished build of a pinned cycle's job must not count ("" if it may): this
+        node's tree is no longer the one the cycle is pinned to, so the build may have read
+        the edited one. The tree is read again now (and a change reported)."""
+        cycle = self.node.log.state.cycle(job["cycle_id"])
+        if cycle is None or not cycle.tree_version:
+            return ""
+        await self.node.refresh_tree_versions(min_interval_s=0.0)
+        me = self.node.log.state.node(self.cfg.node.node_id)
+        now = me.tree_versions.get(cycle.profile) if me is not None else None
+        if now == cycle.tree_version:
+            return ""
+        return (f"the portage tree for {cycle.profile} changed during the build (cycle pinned "
+                f"to {cycle.tree_version}, now {now}); requeued for a node at that version")
+
     async def _report(self, job: dict[str, Any], fence: int, result: builder.BuildResult,
-                      log_path: Path, not_run: bool = False) -> None:
+                      log_path: Path, not_run: bool = False, tree_changed: bool = False) -> None:
         store = self.node.store
         log_obj = await asyncio.to_thread(store.put_file, log_path) if log_path.exists() else None
         artifact = None
@@ -242,7 +261,8 @@ class Worker:
             "complete", node_id=self.cfg.node.node_id, fence=fence, cycle_id=job["cycle_id"],
             cpv=job["cpv"], success=artifact is not None, duration_s=result.duration_s,
             log_sha256=log_obj.sha256 if log_obj else None, artifact=artifact,
-            error=result.error, not_run=not_run)
+            error=result.error, not_run=not_run,
+            **({"tree_changed": True} if tree_changed else {}))
         while True:  # the same rid every time: applied once, however often it is sent
             try:
                 outcome = await self.node.submit(cmd)
@@ -250,7 +270,7 @@ class Worker:
             except NoQuorum as exc:
                 log.warning("reporting %s: %s; retrying", job["cpv"], exc)
         if outcome.get("ok"):
-            log.info("%s %s in %.1fs", job["cpv"], "built" if artifact else "FAILED",
-                     result.duration_s)
+            outcome_word = "built" if artifact else "handed back" if tree_changed else "FAILED"
+            log.info("%s %s in %.1fs", job["cpv"], outcome_word, result.duration_s)
         else:
             log.warning("completion of %s rejected: %s", job["cpv"], outcome.get("error"))

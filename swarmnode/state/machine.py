@@ -970,8 +970,12 @@ class SwarmState:
         # The node could not even start the build (its dependencies were not fetchable, say):
         # says nothing about the package, so the job is simply requeued.
         not_run = f.flag("not_run", default=False)
-        if success and not_run:
-            raise Bad("complete: a build cannot both succeed and not have run")
+        # The node's portage tree changed while it built a pinned cycle's job: whatever came
+        # out may not be the pinned tree's package. Requeued, and not the node's fault either.
+        tree_changed = f.flag("tree_changed", default=False)
+        if success and (not_run or tree_changed):
+            raise Bad("complete: a build cannot both succeed and not count (not_run or "
+                      "tree_changed)")
         raw_art = f.data.get("artifact")
         if success:
             if not isinstance(raw_art, dict):
@@ -985,6 +989,10 @@ class SwarmState:
             return error_result(f"complete: lease {fence} for {cpv} is not live (expired, superseded "
                         "or unknown); result discarded", stale=True), True
         # -- valid and live: mutate from here on
+        if tree_changed:
+            self._requeue(fence)
+            self._count("builds_tree_changed")
+            return {"ok": True, "state": READY, "requeued": True, "node_grounded": False}, True
         if not_run:
             # Not the package's fault, but maybe the node's (broken portage, full disk): it
             # counts towards the node's breaker, so a node that can never build is grounded.
