@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from swarmnode.consensus.raft import NoQuorum
 from swarmnode.node.worker import PRE_CLAIM_CHECK_S, Worker
 from swarmnode.portage.builder import BuildResult
 from swarmnode.state.records import BUILT, READY
@@ -33,11 +34,13 @@ class FakeNode:
         self.store = SimpleNamespace(put_file=lambda path: SimpleNamespace(sha256="ab" * 32,
                                                                            size=1))
         self.tree_now = tree_now          # what the repository holds at this moment
-        self.checks: list[float] = []     # min_interval_s of every refresh asked for
+        self.checks: list[float | None] = []   # min_interval_s of every refresh asked for
         self.submitted: list[str] = []
+        self.tree_read: dict[str, str] = {}
 
-    async def refresh_tree_versions(self, min_interval_s: float = 10.0) -> None:
+    async def refresh_tree_versions(self, min_interval_s: float | None = None) -> None:
         self.checks.append(min_interval_s)
+        self.tree_read = {P: self.tree_now}
         me = self.swarm.s.node("n1")
         if me is not None and me.tree_versions.get(P) != self.tree_now:
             self.swarm.ok("tree_report", node_id="n1", tree_versions={P: self.tree_now})
@@ -65,7 +68,7 @@ def test_a_tree_edited_since_the_last_look_is_reported_before_any_claim() -> Non
     node.refresh_tree_versions = _skip_rate_limited(node)  # type: ignore[method-assign]
     asyncio.run(worker.claim_round())
     assert node.submitted == [] and started == []          # no claim was even proposed
-    assert node.checks == [10.0, PRE_CLAIM_CHECK_S]
+    assert node.checks == [None, PRE_CLAIM_CHECK_S]
     assert node.swarm.s.node("n1").tree_versions == {P: "t2"}
     assert node.swarm.s.cycle("c1").ready == 2             # both jobs left for other nodes
 
@@ -73,7 +76,7 @@ def test_a_tree_edited_since_the_last_look_is_reported_before_any_claim() -> Non
 def test_an_unchanged_tree_is_read_once_for_a_burst_of_claims() -> None:
     worker, node, started = _worker(tree_now="t1")
     asyncio.run(worker.claim_round())
-    assert node.checks == [10.0, PRE_CLAIM_CHECK_S]
+    assert node.checks == [None, PRE_CLAIM_CHECK_S]
     assert sorted(started) == ["a/x-1", "a/y-1"] and node.submitted == ["claim", "claim"]
 
 
@@ -81,20 +84,26 @@ def _skip_rate_limited(node: FakeNode) -> Any:
     """The periodic look is rate-limited and finds nothing new; only the pre-claim one reads."""
     real = node.refresh_tree_versions
 
-    async def refresh(min_interval_s: float = 10.0) -> None:
-        if min_interval_s >= 10.0:
+    async def refresh(min_interval_s: float | None = None) -> None:
+        if min_interval_s is None:
             node.checks.append(min_interval_s)
             return
         await real(min_interval_s)
     return refresh
 
 
-@pytest.mark.parametrize("edited", [False, True])
-def test_a_build_that_ends_on_an_edited_tree_is_handed_back(tmp_path: Path,
-                                                             edited: bool) -> None:
+@pytest.mark.parametrize("edited,quorum", [(False, True), (True, True), (True, False)])
+def test_a_build_that_ends_on_an_edited_tree_is_handed_back(tmp_path: Path, edited: bool,
+                                                             quorum: bool) -> None:
     worker, node, _ = _worker(tree_now="t1")
     node.paths = SimpleNamespace(builds=tmp_path)  # type: ignore[attr-defined]
     claim = node.swarm.claim("n1")
+    if not quorum:  # the tree is read, but its report cannot be committed right then
+
+        async def unreported(min_interval_s: float | None = None) -> None:
+            node.tree_read = {P: node.tree_now}
+            raise NoQuorum("no leader")
+        node.refresh_tree_versions = unreported  # type: ignore[method-assign]
 
     async def build(job: Any, profile: Any, workdir: Path, log_path: Path,
                     lease: Any) -> BuildResult:
@@ -108,5 +117,6 @@ def test_a_build_that_ends_on_an_edited_tree_is_handed_back(tmp_path: Path,
         assert job.state == BUILT and job.artifact is not None
         return
     assert job.state == READY and job.artifact is None and job.failed_nodes == []
-    assert node.swarm.s.node("n1").tree_versions == {P: "t2"}   # reported on the way
+    reported = node.swarm.s.node("n1").tree_versions
+    assert reported == ({P: "t2"} if quorum else {P: "t1"})   # reported on the way, if it could
     assert node.swarm.s.node("n1").consecutive_failures == 0

@@ -79,11 +79,7 @@ def gate_bound(workload: Workload, model: DurationModel, fleet: list[NodeSpec]) 
     index = {name: i for i, name in enumerate(order)}
     work = [model.min_core_seconds(name, max_cores) for name in order]
     behind: dict[str, int] = {}          # transitive dependents as a bitset over ``order``
-    dependents: dict[str, list[str]] = {name: [] for name in order}
-    for p in workload.packages:
-        for d in p.deps:
-            if d in dependents:
-                dependents[d].append(p.name)
+    dependents = workload.dependents()
     for name in reversed(order):
         bits = 0
         for d in dependents[name]:

@@ -144,6 +144,7 @@ class Node:
         self.liveness = decisions.LivenessTracker(config.cluster.down_after_s)
         self._tree_checked = -1e9
         self._tree_read_s = 0.0        # what the last read of the tree versions took
+        self.tree_read: dict[str, str] = {}  # what it found (reported unless a commit failed)
         self.binhost = Binhost(self.paths.binhost, self.store)
         self.key = signing.ensure_signing_key(self.paths.gpg, name=f"swarmnode {config.cluster.name}")
         self.signing_env = signing.builder_env(self.key)
@@ -346,7 +347,7 @@ class Node:
                         body = await resp.json(content_type=None)
                         self.probes[node_id] = (resp.status == 200
                                                 and body.get("node_id") == node_id)
-                except Exception:
+                except Exception:  # any failure (refused, timeout, garbage) = not reachable
                     self.probes[node_id] = False
 
             while True:
@@ -491,18 +492,20 @@ class Node:
         got = set(await self.fetch_all(todo))
         return [t.cpv for t in todo if t.sha256 not in got]
 
-    async def refresh_tree_versions(self, min_interval_s: float = 10.0) -> None:
-        """Re-read this node's tree versions and report them if they changed, unless they were
-        read less than ``min_interval_s`` ago. A look in the background (the default interval)
-        also waits 10× what the last read took: a stat walk of a rsync'd Gentoo tree takes
-        seconds, and it should cost at most a tenth of a core."""
+    async def refresh_tree_versions(self, min_interval_s: float | None = None) -> None:
+        """Re-read this node's tree versions into ``tree_read`` and report them if they
+        changed, unless they were read less than ``min_interval_s`` ago. ``None`` is a look in
+        the background: at most every 10 s, and every 10× what the last read took (a stat walk
+        of a rsync'd Gentoo tree takes seconds; it should cost at most a tenth of a core)."""
         since = time.monotonic() - self._tree_checked
-        if since < min_interval_s or (min_interval_s >= 10.0 and since < 10 * self._tree_read_s):
+        if since < (max(10.0, 10 * self._tree_read_s) if min_interval_s is None
+                    else min_interval_s):
             return
         started = self._tree_checked = time.monotonic()
         versions = await asyncio.to_thread(portage_sync.tree_versions,
                                            self.config.profiles.values())
         self._tree_read_s = time.monotonic() - started
+        self.tree_read = versions
         me = self.log.state.node(self.node_id)
         if me is not None and me.tree_versions != versions:
             log.info("portage tree changed: %s", versions)

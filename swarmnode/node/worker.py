@@ -241,9 +241,14 @@ class Worker:
         cycle = self.node.log.state.cycle(job["cycle_id"])
         if cycle is None or not cycle.tree_version:
             return ""
-        await self.node.refresh_tree_versions(min_interval_s=0.0)
-        me = self.node.log.state.node(self.cfg.node.node_id)
-        now = me.tree_versions.get(cycle.profile) if me is not None else None
+        try:
+            await self.node.refresh_tree_versions(min_interval_s=0.0)
+        except NoQuorum as exc:  # read, but not reported: the next look reports it
+            log.warning("reporting the tree after building %s: %s", job["cpv"], exc)
+        except Exception as exc:  # the build cannot be vouched for: hand it back, say why
+            log.exception("reading the tree after building %s failed", job["cpv"])
+            return f"the portage tree could not be read after the build ({exc}); requeued"
+        now = self.node.tree_read.get(cycle.profile)
         if now == cycle.tree_version:
             return ""
         return (f"the portage tree for {cycle.profile} changed during the build (cycle pinned "

@@ -191,7 +191,7 @@ _HASHED: dict[Path, tuple[str, str]] = {}
 
 def _tree_stats(repo: Path) -> list[tuple[str, os.stat_result | None]]:
     """Every file under ``repo`` (relative path, lstat), sorted, VCS metadata skipped.
-    os.scandir with plain strings: a Path per file made a 170 000-file walk take 7 s."""
+    os.scandir with plain strings: a Path object per file made the walk several times slower."""
     found: list[tuple[str, os.stat_result | None]] = []
     stack = [("", str(repo))]
     while stack:
