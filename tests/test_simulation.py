@@ -52,7 +52,7 @@ FIX_SEEDS: dict[int, tuple[dict[str, Any], frozenset[int]]] = {
     1: ({**_ONE_CYCLE, "seed": 3}, frozenset()),
     2: ({**_ONE_CYCLE, "seed": 5, "faults": frozenset({"partitions", "crashes", "flaky"}),
          "append_batch_bytes": 600}, frozenset({6})),
-    5: ({**_ONE_CYCLE, "seed": 1, "nodes": 5, "faults": frozenset({"crashes", "joins"})},
+    5: ({**_ONE_CYCLE, "seed": 3, "nodes": 5, "faults": frozenset({"crashes", "joins"})},
         frozenset()),
     6: ({**_ONE_CYCLE, "seed": 13}, frozenset()),
     7: ({**_ONE_CYCLE, "seed": 1, "append_batch_bytes": 1024}, frozenset()),
@@ -255,6 +255,27 @@ def test_quick_seeds_with_every_fault_pass() -> None:
     assert all(r.summary["releases"] == 2 for r in results)
 
 
+def test_a_node_killed_right_after_a_build_has_that_build_redone_without_it(
+        tmp_path: Path) -> None:
+    """Seed 5 kills a node a moment after its build was accepted, before anyone copied it
+    (the nemesis' buggify crash). The swarm must build the job again while that node is still
+    down — not wait for its copy (it may never come back)."""
+    sim = Simulation(_config(5), tmp_path)
+    result = sim.run()
+    assert result.ok, _failures([result])
+    events = sim.history.events
+    crash = next(e for e in events
+                 if e.node == "nemesis" and e.kind == "crash" and "after=build" in e.detail)
+    victim = crash.detail.split("node=")[1].split()[0]
+    back = next(e.t for e in events if e.node == victim and e.kind == "boot" and e.t > crash.t)
+    rebuild = next(e for e in events if e.kind == "rebuild" and e.t > crash.t)
+    assert rebuild.t < back, "rebuilt only after the dead holder came back"
+    cpv = rebuild.detail.split("cpv=")[1].split()[0]
+    again = next(e for e in events if e.kind == "build" and e.t >= rebuild.t
+                 and f"cpv={cpv} " in e.detail + " ")
+    assert again.node != victim and again.t < back
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_fixed_sweep_of_seeds_with_every_fault_passes(request: pytest.FixtureRequest) -> None:
@@ -383,7 +404,7 @@ def _events(stdout: str) -> list[tuple[float, str, str, dict[str, str]]]:
 def _check_executed(plan: list[faultplan.Fault], stdout: str) -> None:
     """The history starts with the plan's lines; each planned fault happened once, at its
     virtual time, on its node (or says which it replaced); nothing else was injected but the
-    seeded buggify crash after a membership change."""
+    seeded buggify crashes after a membership change or a build."""
     names = ["n1", "n2", "n3"]
     events = _events(stdout)
     assert [f["line"] for _, node, _, f in events if node == "plan"] == \
@@ -404,7 +425,7 @@ def _check_executed(plan: list[faultplan.Fault], stdout: str) -> None:
         if fault.kind == "slow" and "instead_of" not in f:
             assert float(f["factor"]) == pytest.approx(1 + fault.delay_ms / 100)
     others = [f for _, _, f in injected if "plan" not in f]
-    assert all(f.get("after", "").startswith("membership") for f in others), others
+    assert all(f.get("after") in ("membership", "build") for f in others), others
 
 
 def test_the_simulator_runs_a_seeded_plan_fault_for_fault_and_keeps_every_invariant() -> None:

@@ -782,7 +782,7 @@ def test_node_going_down_loses_its_leases_at_once_and_its_late_result_is_stale()
     res = w.ok("node_status", up=["n2", "n3"], down=["n1"])
     fence = lost["lease"]["fence"]
     assert res == {"ok": True, "went_down": ["n1"], "came_up": [],
-                   "revoked": [["c1", "a/x-1", "n1", fence]]}
+                   "revoked": [["c1", "a/x-1", "n1", fence]], "rebuild": []}
     job = w.job("a/x-1")
     assert job.state == READY and job.lease is None and job.attempts == 1
     assert w.s.lease(fence) is None and w.s.lease(kept["lease"]["fence"]) is not None
@@ -807,7 +807,7 @@ def test_node_going_down_loses_its_leases_at_once_and_its_late_result_is_stale()
     before = w.s.digest()
     w.ts += 5
     assert w.ok("node_status", down=["n1"]) == {"ok": True, "went_down": [], "came_up": [],
-                                                "revoked": []}
+                                                "revoked": [], "rebuild": []}
     assert w.s.digest() == before and w.s.node("n1").down_since == w.ts - 5
     assert w.ok("node_status", up=["n1"])["came_up"] == ["n1"]
     assert w.s.node("n1").up and w.s.node("n1").down_since is None
@@ -824,6 +824,103 @@ def test_registering_marks_a_down_node_up() -> None:
     assert node.up and node.down_since is None and node.raft == "10.0.0.1:4321"
     w.cycle("c1", {"a/x-1": []})
     assert w.claim("n1")["job"]["cpv"] == "a/x-1"
+
+
+def test_a_build_whose_every_copy_is_on_a_down_node_is_built_again() -> None:
+    """n1 dies a moment after building a/x-1, before anyone copied it: its dependent must not
+    wait for n1 to come back (it may never); a/x-1 is built again and the dependent's lease,
+    whose builder could only wait for bytes nobody up has, is requeued."""
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.node(n)
+    w.cycle("c1", {"a/x-1": [], "b/y-1": ["a/x-1"], "c/z-1": ["b/y-1"], "d/w-1": [],
+                   "e/v-1": ["a/x-1"]})
+    assert w.build("n1")["job"]["cpv"] == "a/x-1"
+    waiting = w.claim("n2")                           # fetching a/x-1 from n1 …
+    assert waiting["job"]["cpv"] == "b/y-1"
+    assert w.build("n3")["job"]["cpv"] == "d/w-1"     # kept: n3 stays up
+    assert w.job("e/v-1").state == READY
+    w.ts += 3
+    res = w.ok("node_status", up=["n2", "n3"], down=["n1"])
+    assert res["rebuild"] == [["c1", "a/x-1", ["b/y-1"]]]
+    assert w.s.counters["lost_builds"] == 1
+    x = w.job("a/x-1")
+    assert x.state == READY and x.artifact is None
+    assert [w.job(c).state for c in ("b/y-1", "c/z-1", "e/v-1")] == [PLANNED] * 3
+    assert w.job("d/w-1").state == BUILT
+    assert w.s.under_replicated() == [{"sha256": "sha-d/w-1", "size": 100, "cpv": "d/w-1",
+                                       "holders": ["n3"], "missing": 1}]
+    beat = w.do("heartbeat", node_id="n2", fence=waiting["lease"]["fence"], lease_ttl_s=60)
+    assert beat["ok"] is False and beat["lost"] is True
+    assert w.finish("n2", waiting)["stale"] is True
+    # built again elsewhere; the dependents follow; n1 coming back changes nothing
+    again = w.build("n2")
+    assert again["job"]["cpv"] == "a/x-1" and again["lease"]["build_id"] == 2
+    assert w.job("a/x-1").artifact.holders == ["n2"]
+    assert {w.job("b/y-1").state, w.job("e/v-1").state} == {READY}
+    before = w.s.digest()
+    res = w.ok("node_status", up=["n1"])
+    assert res["rebuild"] == [] and w.job("a/x-1").artifact.holders == ["n2"]
+    assert w.s.cycle("c1").counts[BUILT] == 2 and w.s.digest() != before
+
+
+def test_only_builds_no_up_node_holds_are_built_again() -> None:
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.node(n)
+    # z/base-1 sorts after its dependent: both lost, the dependent must wait for it again
+    w.cycle("c1", {"z/base-1": [], "a/top-1": ["z/base-1"], "m/kept-1": [], "q/next-1": ["a/top-1"]})
+    for _ in range(3):
+        w.build("n1")
+    w.ok("artifact_stored", node_id="n2", sha256="sha-m/kept-1")
+    res = w.ok("node_status", down=["n1"])
+    assert [r[1] for r in res["rebuild"]] == ["a/top-1", "z/base-1"]
+    assert [w.job(c).state for c in ("z/base-1", "a/top-1", "m/kept-1", "q/next-1")] == \
+        [READY, PLANNED, BUILT, PLANNED]
+    assert w.job("m/kept-1").artifact.holders == ["n1", "n2"]
+    assert w.claim("n2")["job"]["cpv"] == "z/base-1"
+    # another node going down with nothing lost reopens nothing
+    assert w.ok("node_status", down=["n3"])["rebuild"] == []
+
+
+def test_a_rebuilt_job_is_ranked_alike_on_a_replica_restored_from_a_snapshot() -> None:
+    """Found by the simulator (seed 121): a replica that kept a built job's stale estimate in
+    its cached paths ranked the job differently, once it was to be built again, from one
+    restored from a snapshot — the same claim gave two replicas two different jobs."""
+    a = Swarm()
+    for n in ("n1", "n2"):
+        a.node(n)
+    a.cycle("c1", {"a/x-1": [], "c/z-1": ["a/x-1"],
+                   "b/y-1": [], "g/l-1": ["b/y-1"], "h/l-1": ["g/l-1"], "i/l-1": ["h/l-1"]})
+    first, second = a.claim("n1"), a.claim("n2")
+    assert (first["job"]["cpv"], second["job"]["cpv"]) == ("b/y-1", "a/x-1")
+    a.finish("n2", second, duration=5000.0)          # a/x is far longer than guessed
+    a.finish("n1", first)
+    b = Swarm(SwarmState.from_bytes(a.s.to_bytes()))
+    b.ts, b.n = a.ts, a.n
+    for w in (a, b):
+        assert w.ok("node_status", rid="down", down=["n2"])["rebuild"] == [["c1", "a/x-1", []]]
+        assert w.claim("n1")["job"]["cpv"] == "a/x-1"  # its chain is the longest now
+    assert a.s.digest() == b.s.digest()
+
+
+def test_a_finished_cycle_reopens_but_an_older_unfinalized_one_does_not() -> None:
+    w = Swarm()
+    for n in ("n1", "n2"):
+        w.node(n)
+    w.cycle("c1", {"a/x-1": []})
+    w.build("n1")
+    w.cycle("c2", {"b/y-1": []})                      # c1 finished, never finalized
+    w.build("n1")
+    assert w.s.cycle("c2").finished
+    res = w.ok("node_status", down=["n1"])
+    assert res["rebuild"] == [["c2", "b/y-1", []]]
+    assert w.s.cycle("c1").jobs["a/x-1"].state == BUILT   # reopening c1 would block c3
+    err = w.do("finalize", release_id="r1", profile=P)["error"]
+    assert err == "finalize: cycle c2 still has 1 jobs to build"
+    w.build("n2")
+    w.ok("configure", replicas=1)
+    assert w.ok("finalize", release_id="r1", profile=P)["packages"] == 1
 
 
 # ---------------------------------------------------------------------------- durability

@@ -25,8 +25,9 @@ By default the timed faults are drawn as the run goes, from the live state. Give
 planned fault at its virtual time, on node index *i* = the *i*-th node, the way the
 multi-process tier does (a planned victim that is down or already under a node fault is
 replaced by another running node, ``instead_of=`` in the history; a slow node's factor is
-``1 + delay_ms / 100``). ``failures``, ``joins`` and the buggify crash after a membership
-change are not in a plan: they still come from the seed.
+``1 + delay_ms / 100``). ``failures``, ``joins`` and the buggify crashes (just after a
+membership change; just after a build, before anyone copied it) are not in a plan: they still
+come from the seed.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Nemesis:
     healed_at: float | None = None
     plan: list[Fault] | None = None          # execute this instead of drawing as it goes
     plan_rng: random.Random | None = None    # a plan's choices made while it runs
+    build_rng: random.Random | None = None   # the buggify crash after a build (after_build)
     _partitions: list[set[tuple[str, str]]] = field(default_factory=list)
     _down: set[str] = field(default_factory=set)
 
@@ -202,11 +204,27 @@ class Nemesis:
         self.sim.spawn(self._crash_soon(node, self.rng.uniform(0.0, 0.3),
                                         self.rng.uniform(1.0, 5.0)))
 
-    async def _crash_soon(self, victim: SimNode, delay: float, duration: float) -> None:
+    def after_build(self, node: SimNode) -> None:
+        """Buggify: sometimes kill a node just after its build was accepted — before anyone
+        copied the artifact — and keep it down past ``down_after_s``, so the swarm must build
+        the job again instead of waiting for the dead node's copy (SwarmState._rebuild_lost).
+        Its own generator: these draws do not shift the other faults'."""
+        rng = self.build_rng
+        if rng is None or "crashes" not in self.kinds or not node.alive \
+                or node.node_id in self._down or self.active >= 2 \
+                or self.sim.loop.time() >= self.window_s or rng.random() >= 0.05:
+            return
+        self.active += 1
+        down_for = self.sim.config.down_after_s + rng.uniform(2.0, 12.0)
+        self.sim.spawn(self._crash_soon(node, rng.uniform(0.0, 0.05), down_for,
+                                        after="build"))
+
+    async def _crash_soon(self, victim: SimNode, delay: float, duration: float,
+                          after: str = "membership change") -> None:
         try:
             await asyncio.sleep(delay)
             if victim.alive and victim.node_id not in self._down:
-                await self._kill(victim, duration, after="membership change")
+                await self._kill(victim, duration, after=after)
         finally:
             self.active -= 1
 

@@ -416,8 +416,11 @@ class SimNode:
                            duration_s=self.sim.workload.packages[cpv].duration_s,
                            log_sha256=log_sha, artifact=artifact, error=error, not_run=not_run)
         outcome = await self.submit_until_committed(cmd)
+        accepted = bool(outcome.get("ok")) and not outcome.get("stale")
         self.record("reported", cpv=cpv, fence=fence, built=artifact is not None,
-                    accepted=bool(outcome.get("ok")) and not outcome.get("stale"))
+                    accepted=accepted)
+        if accepted and artifact is not None:
+            self.sim.nemesis.after_build(self)
 
     # -- the leader's maintenance (runtime.Node._maintenance / _membership / _prober) ----------
     def reachable_nodes(self) -> dict[str, bool]:
@@ -448,6 +451,8 @@ class SimNode:
                     for item in result.get("expired", []) + result.get("revoked", []):
                         self.record("requeued", how=op, cpv=item[1], holder=item[2],
                                     fence=item[3])
+                    for item in result.get("rebuild", []):
+                        self.record("rebuild", cpv=item[1], requeued=item[2])
             except UserError:  # lost leadership mid-way, no quorum …: next round
                 pass
 

@@ -188,7 +188,8 @@ class Simulation:
         self.plan = fault_plan(config, window)
         self.nemesis = Nemesis(self, config.faults, derive(seed, "nemesis"), window,
                                plan=self.plan,
-                               plan_rng=derive(seed, "plan") if self.plan is not None else None)
+                               plan_rng=derive(seed, "plan") if self.plan is not None else None,
+                               build_rng=derive(seed, "crash after build"))
         names = [n.node_id for n in self.nodes]
         for fault in self.plan or ():
             self.history.record(0.0, "plan", fault.kind, line=fault.describe(names))

@@ -437,6 +437,10 @@ class Node:
                     if result.get("went_down") or result.get("came_up"):
                         log.warning("nodes down: %s, up again: %s", result.get("went_down"),
                                     result.get("came_up"))
+                    for cycle_id, cpv, requeued in result.get("rebuild", []):
+                        log.warning("every copy of %s (cycle %s) is on a down node: building "
+                                    "it again%s", cpv, cycle_id,
+                                    f"; {', '.join(requeued)} requeued" if requeued else "")
             except Exception as exc:  # lost leadership mid-way, no quorum …: next round
                 log.info("maintenance: %s", exc)
 

@@ -507,8 +507,54 @@ class SwarmState:
                 revoked.append(self._requeue(fence))
         if revoked:
             self._count("revoked_leases", len(revoked))
-        return ({"ok": True, "went_down": went_down, "came_up": came_up, "revoked": revoked},
-                bool(went_down or came_up or revoked))
+        rebuild = self._rebuild_lost() if went_down else []
+        return ({"ok": True, "went_down": went_down, "came_up": came_up, "revoked": revoked,
+                 "rebuild": rebuild}, bool(went_down or came_up or revoked or rebuild))
+
+    def _rebuild_lost(self) -> list[list[Any]]:
+        """Built jobs of each profile's open cycle whose every copy is on down nodes are built
+        again; returns ``[cycle_id, cpv, [dependents whose lease was revoked]]`` for each.
+
+        A machine that dies a moment after a build, before anyone copied it, would otherwise
+        hold its dependents (and the release) until it comes back, which may be never. The
+        dependents that were ready wait again, and those already leased are requeued (their
+        builder could only wait for bytes nobody up has). Only the latest cycle of a profile
+        is reopened: an older unfinalized cycle stays as it was (reopening it would block new
+        cycles of the profile).
+        """
+        out: list[list[Any]] = []
+        for profile in sorted({c.profile for c in self.cycles.values()}):
+            cyc = self.latest_cycle(profile)
+            if cyc is None or cyc.closed:
+                continue
+            lost = [cpv for cpv in cyc.cpvs_in(BUILT)
+                    if (art := cyc.jobs[cpv].artifact) is not None
+                    and not self.live_holders(art)]
+            if lost:
+                # _learn keeps a built job's stale estimate in the cached paths (harmless while
+                # it stays built); a replica restored from a snapshot has the fresh one. Both
+                # must rank the job the same way once it is unbuilt again.
+                self._crit.pop(cyc.id, None)
+            for cpv in lost:  # all first: a lost job may depend on another
+                cyc.jobs[cpv].artifact = None
+                cyc.set_state(cyc.jobs[cpv], PLANNED)
+            for cpv in lost:
+                requeued = []
+                for dep_of in cyc.jobs[cpv].dependents:
+                    job = cyc.jobs[dep_of]
+                    if job.state == LEASED and job.lease is not None:
+                        self._requeue(job.lease)
+                        requeued.append(dep_of)
+                    if job.state == READY:
+                        cyc.set_state(job, PLANNED)
+                out.append([cyc.id, cpv, requeued])
+            for cpv in lost:
+                if all(cyc.jobs[d].state == BUILT for d in cyc.jobs[cpv].deps):
+                    cyc.set_state(cyc.jobs[cpv], READY)
+        if out:
+            self._reindex_artifacts()
+            self._count("lost_builds", len(out))
+        return out
 
     def _op_request_sync(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Ask every node to sync its portage tree; nodes answer with a ``tree_report``
