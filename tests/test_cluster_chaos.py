@@ -288,10 +288,10 @@ def test_all_replicas_converge_to_one_state(cluster: Cluster) -> None:
 def test_a_client_installs_from_one_node_and_runs_the_programs(cluster: Cluster,
                                                                tmp_path: Path) -> None:
     n = cluster.nodes[3]
-    client = BinhostClient.create(tmp_path / "client", f"{n.url}/binhost/{PROFILE}",
-                                  n.cli("key").stdout, cluster.repo, "base")
-    client.install(["games-misc/tallyho", "games-misc/tally3",
-                    f"games-misc/tally{EXTRA_PROGRAMS}"])
-    assert client.run("tallyho").strip() == "tallyho 55"
-    assert client.run("tally3").strip() == program_output(3) == "tally3 6 after tally2"
-    assert client.run(f"tally{EXTRA_PROGRAMS}").strip() == program_output(EXTRA_PROGRAMS)
+    with BinhostClient.create(tmp_path / "client", f"{n.url}/binhost/{PROFILE}",
+                              n.cli("key").stdout, cluster.repo, "base") as client:
+        client.install(["games-misc/tallyho", "games-misc/tally3",
+                        f"games-misc/tally{EXTRA_PROGRAMS}"])
+        assert client.run("tallyho").strip() == "tallyho 55"
+        assert client.run("tally3").strip() == program_output(3) == "tally3 6 after tally2"
+        assert client.run(f"tally{EXTRA_PROGRAMS}").strip() == program_output(EXTRA_PROGRAMS)

@@ -29,10 +29,10 @@ def test_a_repository_outside_the_project_builds_and_installs(tmp_path: Path) ->
         built = node.cli("fresh", "--profile", "lab", "--wait", "games-misc/tallyho", timeout=600)
         assert built.returncode == 0, built.stdout + built.stderr + node.log_tail()
         assert node.cli("finalize", "--profile", "lab").returncode == 0
-        client = BinhostClient.create(tmp_path / "client", f"{node.url}/binhost/lab",
-                                      node.cli("key").stdout, repo, "base")
-        client.install(["games-misc/tallyho"])
-        assert client.run("tallyho").strip() == "tallyho 55"
+        with BinhostClient.create(tmp_path / "client", f"{node.url}/binhost/lab",
+                                  node.cli("key").stdout, repo, "base") as client:
+            client.install(["games-misc/tallyho"])
+            assert client.run("tallyho").strip() == "tallyho 55"
     finally:
         node.stop()
         shutil.rmtree(tmp_path / "swarm", ignore_errors=True)

@@ -91,15 +91,22 @@ def test_verify_then_finalize_publishes_a_signed_binhost(node: NodeProc) -> None
 def test_a_separate_portage_client_installs_and_runs_a_program(node: NodeProc,
                                                                tmp_path: Path) -> None:
     key = node.cli("key").stdout
-    client = BinhostClient.create(tmp_path / "client", f"{node.url}/binhost/desktop", key,
-                                  node.repo, "swarm/amd64")  # type: ignore[attr-defined]
-    client.install(["app-misc/greeter"])
-    assert "Hello" in client.run("greeter")
+    with BinhostClient.create(tmp_path / "client", f"{node.url}/binhost/desktop", key,
+                              node.repo, "swarm/amd64") as client:  # type: ignore[attr-defined]
+        client.install(["app-misc/greeter"])
+        assert "Hello" in client.run("greeter")
+    assert not client.keyring_dir.exists()  # the keyring's temp dir goes with the client
     # Without the swarm's key, portage's default signature verification refuses the package.
-    stranger = BinhostClient.create(tmp_path / "stranger", f"{node.url}/binhost/desktop", None,
-                                    node.repo, "swarm/amd64")  # type: ignore[attr-defined]
-    with pytest.raises(Exception):
-        stranger.install(["app-misc/greeter"])
+    with BinhostClient.create(tmp_path / "stranger", f"{node.url}/binhost/desktop", None,
+                              node.repo, "swarm/amd64") as stranger:  # type: ignore[attr-defined]
+        with pytest.raises(Exception):
+            stranger.install(["app-misc/greeter"])
+        first = stranger.keyring_dir
+        # a client laid out again in the same place removes the keyring it left before
+        again = BinhostClient.create(tmp_path / "stranger", f"{node.url}/binhost/desktop", None,
+                                     node.repo, "swarm/amd64")  # type: ignore[attr-defined]
+        assert not first.exists() and again.keyring_dir.is_dir()
+        again.close()
 
 
 def test_failing_package_is_explained_and_blocks_finalize(node: NodeProc) -> None:

@@ -41,29 +41,56 @@ class _ClientEnv(PortageEnv):
         return "\n".join(lines) + "\n"
 
 
+KEYRING_PREFIX = "swarmnode-client-keyring-"
+#: Where a client's workdir records its keyring's temp dir, so the next create() there (or
+#: close()) removes it: the keyring cannot live inside workdir (see create).
+_KEYRING_LINK = "keyring"
+
+
 @dataclass
 class BinhostClient:
-    """A client root that installs packages from one binhost URL."""
+    """A client root that installs packages from one binhost URL. Usable as a context manager:
+    leaving it removes the keyring's temp dir (``close``); the root itself stays."""
 
     env: PortageEnv
     url: str
+    keyring_dir: Path
 
     @property
     def root(self) -> Path:
         return self.env.root
+
+    def close(self) -> None:
+        shutil.rmtree(self.keyring_dir, ignore_errors=True)
+
+    def __enter__(self) -> BinhostClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _forget_keyring(workdir: Path) -> None:
+        """Remove the keyring temp dir a previous client in ``workdir`` left behind."""
+        link = workdir / _KEYRING_LINK
+        if link.is_symlink():
+            target = Path(os.readlink(link))
+            if target.name.startswith(KEYRING_PREFIX):  # only ever what create() made
+                shutil.rmtree(target, ignore_errors=True)
 
     @classmethod
     def create(cls, workdir: Path, url: str, public_key: str | None, repository: Path,
                portage_profile: str) -> BinhostClient:
         """Lay out a client; without `public_key` it has an empty keyring (and must refuse)."""
         workdir = Path(workdir).resolve()
+        cls._forget_keyring(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
         profile = ProfileConfig(name="client", portage_config=None,
                                 repositories=(Path(repository).resolve(),),
                                 portage_profile=portage_profile, distfiles=workdir / "none")
         # portage verifies signatures as the unprivileged GPG_VERIFY_USER_DROP (nobody), so the
         # keyring lives where every parent directory is searchable — a temp dir, not workdir.
-        keyring = Path(tempfile.mkdtemp(prefix="swarmnode-client-keyring-")) / "gnupg"
+        keyring = Path(tempfile.mkdtemp(prefix=KEYRING_PREFIX)) / "gnupg"
         keyring.parent.chmod(0o755)
         keyring.mkdir(mode=0o700)
         if public_key:
@@ -74,7 +101,8 @@ class BinhostClient:
                                 {"BINPKG_GPG_VERIFY_GPG_HOME": str(keyring)})
         (env.etc_portage / "binrepos.conf").write_text(
             f"[swarmnode]\nsync-uri = {url}\npriority = 10\n")
-        return cls(env, url)
+        (workdir / _KEYRING_LINK).symlink_to(keyring.parent)
+        return cls(env, url, keyring.parent)
 
     def install(self, atoms: list[str]) -> str:
         """`emerge --getbinpkgonly` the atoms (and their dependencies) from the binhost."""
