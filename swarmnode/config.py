@@ -83,6 +83,7 @@ class ClusterConfig:
     down_after_s: float = 3.0  # unreachable this long → the leader marks a node down
     max_voters: int = 5  # Raft voters; further nodes are non-voting workers
     voter_grace_s: float = 3600.0  # a voter down this long is replaced by an up worker
+    lost_after_s: float = 600.0  # a build no job waits for, its holders down this long: rebuilt
 
 
 @dataclass(frozen=True)
@@ -350,9 +351,12 @@ def load_config(path: str | Path) -> Config:
         down_after_s=_get(cl, "down_after_s", float, 3.0, "cluster"),
         max_voters=_get(cl, "max_voters", int, 5, "cluster"),
         voter_grace_s=_get(cl, "voter_grace_s", float, 3600.0, "cluster"),
+        lost_after_s=_get(cl, "lost_after_s", float, 600.0, "cluster"),
     )
     if cluster.replicas < 1:
         raise UserError("cluster.replicas must be at least 1")
+    if cluster.lost_after_s < 0:
+        raise UserError("cluster.lost_after_s must be at least 0 seconds")
     if cluster.max_voters < 1:
         raise UserError("cluster.max_voters must be at least 1 (5 tolerates 2 lost voters)")
     bt = raw.get("build", {})

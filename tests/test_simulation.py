@@ -31,7 +31,7 @@ from simulation.sim.faults import KINDS, Nemesis, parse_faults
 from simulation.sim.invariants import Ack, Applied
 from simulation.sim.simulation import RunResult, SimConfig, Simulation, fault_window
 from simulation.sim.workload import load
-from swarmnode.state import SwarmState
+from swarmnode.state import SwarmState, machine
 from swarmnode.state.records import Lease
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,6 +240,21 @@ def test_a_cluster_that_never_heals_fails_the_liveness_check(tmp_path: Path,
                                 converge_s=10.0), tmp_path).run()
     assert not result.ok
     assert result.violations[0].invariant == invariants.LIVENESS
+
+
+def test_a_bug_the_state_machine_hides_as_an_error_result_is_caught(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply() answers an exception inside a handler with an "internal error" result (so a
+    replica survives it); the simulator must still report it, not run on."""
+    def broken(self: SwarmState, f: Any, ts: float) -> Any:
+        raise KeyError("oops")
+
+    monkeypatch.setitem(machine._HANDLERS, "barrier", broken)
+    result = Simulation(_config(2, frozenset()), tmp_path).run()
+    assert not result.ok
+    bug = result.violations[0]
+    assert bug.invariant == invariants.NO_ERRORS
+    assert "barrier: internal error: KeyError: 'oops'" in bug.message
 
 
 # -- seeds --------------------------------------------------------------------------------------

@@ -904,7 +904,10 @@ def test_a_rebuilt_job_is_ranked_alike_on_a_replica_restored_from_a_snapshot() -
     assert a.s.digest() == b.s.digest()
 
 
-def test_a_finished_cycle_reopens_but_an_older_unfinalized_one_does_not() -> None:
+def test_a_lost_build_nothing_waits_for_is_rebuilt_only_after_lost_after_s() -> None:
+    """A rebooting node's copies come back with it: a lost build no job still needs (here:
+    the cycle is finished) is built again only once its node has been down lost_after_s —
+    and an older unfinalized cycle is never reopened (it would block the next cycle)."""
     w = Swarm()
     for n in ("n1", "n2"):
         w.node(n)
@@ -913,14 +916,66 @@ def test_a_finished_cycle_reopens_but_an_older_unfinalized_one_does_not() -> Non
     w.cycle("c2", {"b/y-1": []})                      # c1 finished, never finalized
     w.build("n1")
     assert w.s.cycle("c2").finished
-    res = w.ok("node_status", down=["n1"])
-    assert res["rebuild"] == [["c2", "b/y-1", []]]
-    assert w.s.cycle("c1").jobs["a/x-1"].state == BUILT   # reopening c1 would block c3
+    down_at = w.ts
+    assert w.ok("node_status", down=["n1"])["rebuild"] == []
+    err = w.do("finalize", release_id="r1", profile=P)["error"]
+    assert err.startswith("finalize: 1 package is not yet stored on 1 node (b/y-1)")
+    w.ts = down_at + 599
+    assert not w.s.needs_maintenance(w.ts)
+    w.ts = down_at + 600
+    assert w.s.needs_maintenance(w.ts)
+    assert w.ok("expire")["rebuild"] == [["c2", "b/y-1", []]]
+    assert not w.s.needs_maintenance(w.ts)
+    assert w.s.cycle("c1").jobs["a/x-1"].state == BUILT
+    assert w.job("b/y-1").state == READY
     err = w.do("finalize", release_id="r1", profile=P)["error"]
     assert err == "finalize: cycle c2 still has 1 jobs to build"
     w.build("n2")
-    w.ok("configure", replicas=1)
     assert w.ok("finalize", release_id="r1", profile=P)["packages"] == 1
+    w.ok("configure", lost_after_s=30.0)
+    assert w.s.config["lost_after_s"] == 30.0
+
+
+def test_a_job_waits_for_a_lost_build_it_installs_through_a_built_dependency() -> None:
+    """w needs m, m needs x (a build installs every dependency, transitively). x's copies are
+    all on down nodes while m's copy survives elsewhere: w must wait for x to be built again
+    — it becomes ready when x is, though x is not its direct dependency."""
+    s = Swarm()
+    for n in ("n1", "n2", "n3"):
+        s.node(n)
+    s.cycle("c1", {"d/x-1": [], "d/m-1": ["d/x-1"], "d/w-1": ["d/m-1"], "a/v-1": ["d/m-1"]})
+    s.build("n1")                                     # x on n1
+    s.build("n2")                                     # m on n2 (which fetched x: a holder)
+    s.ok("artifact_stored", node_id="n2", sha256="sha-d/x-1")
+    s.ok("artifact_stored", node_id="n3", sha256="sha-d/m-1")
+    leased = s.claim("n3")
+    assert leased["job"]["cpv"] == "a/v-1" and s.job("d/w-1").state == READY
+    res = s.ok("node_status", down=["n1", "n2"])
+    assert res["rebuild"] == [["c1", "d/x-1", ["a/v-1"]]]
+    assert [s.job(c).state for c in ("d/x-1", "d/m-1", "d/w-1", "a/v-1")] == \
+        [READY, BUILT, PLANNED, PLANNED]
+    assert s.s.cycle("c1").reopened and s.s.lease(leased["lease"]["fence"]) is None
+    s.ok("node_status", up=["n2"])                    # n2 is back: nothing is undone
+    assert s.job("d/x-1").state == READY
+    assert s.build("n3")["job"]["cpv"] == "d/x-1"
+    assert [s.job(c).state for c in ("d/w-1", "a/v-1")] == [READY, READY]
+
+
+def test_reset_keeps_a_job_waiting_for_a_lost_build_it_installs() -> None:
+    s = Swarm()
+    for n in ("n1", "n2", "n3"):
+        s.node(n)
+    s.cycle("c1", {"d/x-1": [], "d/m-1": ["d/x-1"], "d/w-1": ["d/m-1"]})
+    s.build("n1")
+    s.build("n2")
+    s.ok("artifact_stored", node_id="n3", sha256="sha-d/m-1")
+    s.ok("node_status", down=["n1", "n2"])
+    for node in ("n3", "n1"):                         # x now fails on two nodes: w blocked
+        s.ok("node_status", up=[node])
+        assert s.finish(node, s.claim(node), success=False)["ok"]
+    assert [s.job(c).state for c in ("d/x-1", "d/m-1", "d/w-1")] == [FAILED, BUILT, BLOCKED]
+    s.ok("reset")
+    assert [s.job(c).state for c in ("d/x-1", "d/m-1", "d/w-1")] == [READY, BUILT, PLANNED]
 
 
 # ---------------------------------------------------------------------------- durability

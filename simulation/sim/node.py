@@ -138,6 +138,9 @@ class SimNode:
         checker.applied(t, self.node_id, index, blob, rid)
         if cmd is None:
             return
+        error = result.get("error") if isinstance(result, dict) else None
+        if isinstance(error, str) and ": internal error: " in error:  # apply hid a bug
+            checker.fail(invariants.NO_ERRORS, t, f"{self.node_id} applying {rid}: {error}")
         ts = float(cmd.get("ts", 0.0)) if isinstance(cmd.get("ts"), (int, float)) else 0.0
         if cmd.get("op") in ("claim", "heartbeat", "complete", "expire", "node_status", "reset"):
             checker.state_after(t, self.node_id, log.state, ts)
@@ -290,7 +293,8 @@ class SimNode:
         for cmd in (self.command("configure", breaker_threshold=c.breaker_threshold,
                                  breaker_cooldown_s=c.breaker_cooldown_s, fail_nodes=c.fail_nodes,
                                  keep_releases=c.keep_releases, replicas=c.replicas,
-                                 max_voters=c.max_voters, voter_grace_s=c.voter_grace_s),
+                                 max_voters=c.max_voters, voter_grace_s=c.voter_grace_s,
+                                 lost_after_s=c.lost_after_s),
                     self.command("register_node", node_id=self.node_id, url=f"http://{self.node_id}",
                                  raft=self.address, cores=self.spec.cores, profiles=[PROFILE],
                                  sweeper=False, tree_versions={}, voter=log.is_voter,

@@ -69,6 +69,10 @@ class SimConfig:
     # The daemon's default is an hour: in a short run a voter that stays down has to lose its
     # seat sooner for the membership changes (demote, remove, promote, add) to happen.
     voter_grace_s: float = 20.0
+    # The daemon's default is ten minutes: here a build nothing waits for, whose holders all
+    # stay down, is built again within a run (the buggify crash after a build keeps its node
+    # down up to 15 s).
+    lost_after_s: float = 8.0
     # Raft log compaction: far more often than the daemon's 5000 entries / 600 s, so that
     # snapshots (dump, transfer, install) happen within a short run.
     compaction_entries: int = 300

@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from .records import (BLOCKED, BUILT, DISCOVERY_SOURCES, FAILED, LEASED, NONVOTER, PLANNED,
-                      READY, REMOVED, ROLES, VOTER, Artifact, Cycle, Job, Lease, Node,
+                      READY, REMOVED, ROLES, UNFINISHED, VOTER, Artifact, Cycle, Job, Lease, Node,
                       Production, Release, plain)
 from .fields import Bad, Fields, Result, error_result, short
 from .scheduling import (HORIZON_MARGIN, LEAF_MARGIN, Candidate, Capacity, cores_within,
@@ -50,6 +50,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "replicas": 2,               # up nodes that must hold an artifact before it is published
     "max_voters": 5,             # Raft voters; further nodes join as non-voting workers
     "voter_grace_s": 3600.0,     # a voter down this long is replaced by an up worker
+    "lost_after_s": 600.0,       # a build no job waits for, on nodes down this long: rebuilt
 }
 
 
@@ -229,9 +230,11 @@ class SwarmState:
         return self.leases.get(fence)
 
     def needs_maintenance(self, ts: float) -> bool:
-        """Would an ``expire`` at ``ts`` change anything (a lease ran out, a breaker cooled)?"""
+        """Would an ``expire`` at ``ts`` change anything (a lease ran out, a breaker cooled, a
+        build's every copy has been down ``lost_after_s``)?"""
         return any(l.expires_at < ts for l in self.leases.values()) or any(
-            n.grounded_until is not None and n.grounded_until <= ts for n in self._nodes.values())
+            n.grounded_until is not None and n.grounded_until <= ts
+            for n in self._nodes.values()) or self._lost_due(ts)
 
     def estimate(self, cpv: str) -> float:
         """Estimated core-seconds to build ``cpv`` (learned per package, default 60)."""
@@ -507,54 +510,92 @@ class SwarmState:
                 revoked.append(self._requeue(fence))
         if revoked:
             self._count("revoked_leases", len(revoked))
-        rebuild = self._rebuild_lost() if went_down else []
+        rebuild = self._rebuild_lost(ts) if went_down else []
         return ({"ok": True, "went_down": went_down, "came_up": came_up, "revoked": revoked,
                  "rebuild": rebuild}, bool(went_down or came_up or revoked or rebuild))
 
-    def _rebuild_lost(self) -> list[list[Any]]:
+    def _rebuild_lost(self, ts: float) -> list[list[Any]]:
         """Built jobs of each profile's open cycle whose every copy is on down nodes are built
-        again; returns ``[cycle_id, cpv, [dependents whose lease was revoked]]`` for each.
+        again; returns ``[cycle_id, cpv, [jobs whose lease was revoked]]`` for each.
 
         A machine that dies a moment after a build, before anyone copied it, would otherwise
-        hold its dependents (and the release) until it comes back, which may be never. The
-        dependents that were ready wait again, and those already leased are requeued (their
-        builder could only wait for bytes nobody up has). Only the latest cycle of a profile
-        is reopened: an older unfinalized cycle stays as it was (reopening it would block new
+        hold the jobs that install it (and the release) until it comes back, which may be
+        never. A lost build some unbuilt job needs (its build installs every dependency,
+        transitively) is built again at once; one nothing waits for only once every holder
+        has been down ``lost_after_s`` (a rebooting node's copies come back with it). Jobs
+        that need a lost build wait again; those already leased are requeued (their builder
+        could only wait for bytes nobody up has). Only the latest cycle of a profile is
+        reopened: an older unfinalized cycle stays as it was (reopening it would block new
         cycles of the profile).
         """
         out: list[list[Any]] = []
+        long_ago = ts - self.config["lost_after_s"]
         for profile in sorted({c.profile for c in self.cycles.values()}):
             cyc = self.latest_cycle(profile)
             if cyc is None or cyc.closed:
                 continue
-            lost = [cpv for cpv in cyc.cpvs_in(BUILT)
+            gone = {cpv for cpv in cyc.cpvs_in(BUILT)
                     if (art := cyc.jobs[cpv].artifact) is not None
-                    and not self.live_holders(art)]
-            if lost:
-                # _learn keeps a built job's stale estimate in the cached paths (harmless while
-                # it stays built); a replica restored from a snapshot has the fresh one. Both
-                # must rank the job the same way once it is unbuilt again.
-                self._crit.pop(cyc.id, None)
-            for cpv in lost:  # all first: a lost job may depend on another
+                    and not self.live_holders(art)}
+            if not gone:
+                continue
+            due = [c for c in sorted(gone) if self._down_since(cyc.jobs[c].artifact, long_ago)]
+            todo = [c for s in UNFINISHED for c in cyc.cpvs_in(s)] + due
+            needed = set(cyc.closure([d for c in todo for d in cyc.jobs[c].deps], "deps"))
+            lost = sorted(gone & needed | set(due))
+            if not lost:
+                continue
+            # _learn keeps a built job's stale estimate in the cached paths (harmless while it
+            # stays built); a replica restored from a snapshot has the fresh one. Both must
+            # rank the job the same way once it is unbuilt again.
+            self._crit.pop(cyc.id, None)
+            cyc.reopened = True
+            for cpv in lost:
                 cyc.jobs[cpv].artifact = None
                 cyc.set_state(cyc.jobs[cpv], PLANNED)
+            requeued: dict[str, list[str]] = {cpv: [] for cpv in lost}
+            for cpv in cyc.closure([d for c in lost for d in cyc.jobs[c].dependents],
+                                   "dependents"):
+                job = cyc.jobs[cpv]
+                if job.state == LEASED and job.lease is not None:
+                    self._requeue(job.lease)
+                    for dep in sorted(set(cyc.closure(job.deps, "deps")) & set(lost)):
+                        requeued[dep].append(cpv)
+                if job.state == READY:
+                    cyc.set_state(job, PLANNED)
             for cpv in lost:
-                requeued = []
-                for dep_of in cyc.jobs[cpv].dependents:
-                    job = cyc.jobs[dep_of]
-                    if job.state == LEASED and job.lease is not None:
-                        self._requeue(job.lease)
-                        requeued.append(dep_of)
-                    if job.state == READY:
-                        cyc.set_state(job, PLANNED)
-                out.append([cyc.id, cpv, requeued])
-            for cpv in lost:
-                if all(cyc.jobs[d].state == BUILT for d in cyc.jobs[cpv].deps):
+                if cyc.startable(cpv):
                     cyc.set_state(cyc.jobs[cpv], READY)
+                out.append([cyc.id, cpv, requeued[cpv]])
         if out:
             self._reindex_artifacts()
             self._count("lost_builds", len(out))
         return out
+
+    def _down_since(self, art: Artifact, ts: float) -> bool:
+        """Every node holding ``art`` (any copy with its sha256) has been down since ``ts``
+        or earlier (or is no longer registered)."""
+        holders = set(art.holders)
+        for other in self._by_sha.get(art.sha256, ()):
+            holders.update(other.holders)
+        return all((n := self._nodes.get(h)) is None
+                   or (not n.up and n.down_since is not None and n.down_since <= ts)
+                   for h in holders)
+
+    def _lost_due(self, ts: float) -> bool:
+        """Would :meth:`_rebuild_lost` at ``ts`` find work? Cheap when no node has been down
+        ``lost_after_s``: the usual case, asked by every maintenance round."""
+        long_ago = ts - self.config["lost_after_s"]
+        if not any(not n.up and n.down_since is not None and n.down_since <= long_ago
+                   for n in self._nodes.values()):
+            return False
+        for profile in sorted({c.profile for c in self.cycles.values()}):
+            cyc = self.latest_cycle(profile)
+            if cyc is not None and not cyc.closed and any(
+                    (art := cyc.jobs[c].artifact) is not None and not self.live_holders(art)
+                    and self._down_since(art, long_ago) for c in cyc.unordered_in(BUILT)):
+                return True
+        return False
 
     def _op_request_sync(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Ask every node to sync its portage tree; nodes answer with a ``tree_report``
@@ -1070,8 +1111,10 @@ class SwarmState:
             cyc.set_state(job, BUILT)
             self._learn(package_key(cpv), one_core_seconds(duration, lease.cores))
             node.consecutive_failures, node.grounded_until, node.probation = 0, None, False
-            ready = [d for d in job.dependents if cyc.jobs[d].state == PLANNED
-                     and all(cyc.jobs[x].state == BUILT for x in cyc.jobs[d].deps)]
+            # After a reopen, a job deeper down may have waited for this one too.
+            waiting = cyc.closure(job.dependents, "dependents") if cyc.reopened \
+                else job.dependents
+            ready = [d for d in waiting if cyc.jobs[d].state == PLANNED and cyc.startable(d)]
             for d in ready:
                 cyc.set_state(cyc.jobs[d], READY)
             return {"ok": True, "state": BUILT, "build_id": build_id, "now_ready": ready}, True
@@ -1097,8 +1140,10 @@ class SwarmState:
 
     @staticmethod
     def _block_dependents(cyc: Cycle, failed: Job) -> list[str]:
-        """Mark every transitive dependent of ``failed`` blocked by it; returns them sorted."""
-        blocked = cyc.closure(failed.dependents, "dependents")
+        """Mark every transitive dependent of ``failed`` blocked by it; returns them sorted.
+        One already built stays built (a lost build that is built again can have some)."""
+        blocked = [c for c in cyc.closure(failed.dependents, "dependents")
+                   if cyc.jobs[c].state != BUILT]
         for cpv in blocked:
             job = cyc.jobs[cpv]
             if failed.cpv not in job.blocked_by:
@@ -1135,8 +1180,9 @@ class SwarmState:
                 probation.append(node.node_id)
         if expired:
             self._count("expired_leases", len(expired))
-        return ({"ok": True, "expired": expired, "count": len(expired), "probation": probation},
-                bool(expired or probation))
+        rebuild = self._rebuild_lost(ts) if self._lost_due(ts) else []
+        return ({"ok": True, "expired": expired, "count": len(expired), "probation": probation,
+                 "rebuild": rebuild}, bool(expired or probation or rebuild))
 
     def _requeue(self, fence: int) -> list[Any]:
         """Drop lease ``fence``; its job, if the lease is still its, is ready again (one more
@@ -1177,9 +1223,8 @@ class SwarmState:
                     continue
                 cyc.set_state(job, PLANNED)
             for cpv in cyc.cpvs_in(PLANNED):
-                job = cyc.jobs[cpv]
-                if all(cyc.jobs[d].state == BUILT for d in job.deps):
-                    cyc.set_state(job, READY)
+                if cyc.startable(cpv):
+                    cyc.set_state(cyc.jobs[cpv], READY)
         for node in self.nodes():
             if profile is not None and profile not in node.profiles:
                 continue
@@ -1198,6 +1243,7 @@ class SwarmState:
             "replicas": f.integer("replicas", minimum=1, default=None),
             "max_voters": f.integer("max_voters", minimum=1, default=None),
             "voter_grace_s": f.number("voter_grace_s", minimum=0.0, default=None),
+            "lost_after_s": f.number("lost_after_s", minimum=0.0, default=None),
         }
         changed = False
         for key, value in new.items():

@@ -210,6 +210,9 @@ class Cycle(_Record):
     reused: dict[str, Artifact] = field(default_factory=dict)
     closed: bool = False
     release_id: str | None = None
+    # A built job of this cycle was lost and reopened (SwarmState._rebuild_lost): a job whose
+    # dependencies are built may still wait for a deeper one being built again.
+    reopened: bool = False
     _index: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -276,6 +279,16 @@ class Cycle(_Record):
     def finished(self) -> bool:
         """No job left to build or in flight (failed/blocked jobs do not keep a cycle open)."""
         return self.unfinished == 0
+
+    def startable(self, cpv: str) -> bool:
+        """Every dependency of ``cpv`` is built — transitively, as its build installs them
+        all. Until a job is reopened, built jobs only have built dependencies, so looking at
+        the direct ones is enough."""
+        deps = self.jobs[cpv].deps
+        if not all(self.jobs[d].state == BUILT for d in deps):
+            return False
+        return not self.reopened or all(self.jobs[d].state == BUILT
+                                        for d in self.closure(deps, "deps"))
 
     def closure(self, start: list[str], via: str) -> list[str]:
         """Every job reachable from ``start`` along ``via`` ("deps" or "dependents"),
