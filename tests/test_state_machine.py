@@ -961,6 +961,24 @@ def test_a_job_waits_for_a_lost_build_it_installs_through_a_built_dependency() -
     assert [s.job(c).state for c in ("d/w-1", "a/v-1")] == [READY, READY]
 
 
+def test_reset_rebuilds_a_lost_build_a_retried_job_needs() -> None:
+    """x is lost while the only job needing it is blocked (by y's failure): nothing waits for
+    x then; after reset, w waits for it again, so x is built again at once."""
+    s = Swarm()
+    for n in ("n1", "n2", "n3"):
+        s.node(n)
+    s.cycle("c1", {"d/x-1": [], "d/y-1": [], "d/w-1": ["d/x-1", "d/y-1"]})
+    claims = {c["job"]["cpv"]: c for c in (s.claim("n1"), s.claim("n2"))}
+    s.finish("n1", claims["d/x-1"])
+    s.finish("n2", claims["d/y-1"], success=False)
+    s.finish("n3", s.claim("n3"), success=False)
+    assert [s.job(c).state for c in ("d/x-1", "d/y-1", "d/w-1")] == [BUILT, FAILED, BLOCKED]
+    assert s.ok("node_status", down=["n1"])["rebuild"] == []
+    res = s.ok("reset")
+    assert res["rebuilt"] == 1 and res["unfailed"] == 1 and res["unblocked"] == 1
+    assert [s.job(c).state for c in ("d/x-1", "d/y-1", "d/w-1")] == [READY, READY, PLANNED]
+
+
 def test_reset_keeps_a_job_waiting_for_a_lost_build_it_installs() -> None:
     s = Swarm()
     for n in ("n1", "n2", "n3"):

@@ -1202,7 +1202,8 @@ class SwarmState:
         if profile is not None and profile not in {c.profile for c in self.cycles.values()} \
                 and not any(profile in n.profiles for n in self._nodes.values()):
             raise Bad(f"reset: unknown profile {profile}")
-        counts = {"requeued": 0, "unfailed": 0, "unblocked": 0, "breakers_cleared": 0}
+        counts = {"requeued": 0, "unfailed": 0, "unblocked": 0, "breakers_cleared": 0,
+                  "rebuilt": 0}
         profiles = [profile] if profile is not None else sorted(
             {self.cycles[c].profile for c in self.cycle_order})
         for prof in profiles:
@@ -1225,6 +1226,8 @@ class SwarmState:
             for cpv in cyc.cpvs_in(PLANNED):
                 if cyc.startable(cpv):
                     cyc.set_state(cyc.jobs[cpv], READY)
+        # jobs that were failed or blocked may need a build whose copies are all down
+        counts["rebuilt"] = len(self._rebuild_lost(ts))
         for node in self.nodes():
             if profile is not None and profile not in node.profiles:
                 continue
