@@ -534,15 +534,15 @@ class SwarmState:
             cyc = self.latest_cycle(profile)
             if cyc is None or cyc.closed:
                 continue
-            gone = {cpv for cpv in cyc.cpvs_in(BUILT)
+            gone = {cpv: art for cpv in cyc.cpvs_in(BUILT)
                     if (art := cyc.jobs[cpv].artifact) is not None
                     and not self.live_holders(art)}
             if not gone:
                 continue
-            due = [c for c in sorted(gone) if self._down_since(cyc.jobs[c].artifact, long_ago)]
+            due = [c for c, art in gone.items() if self._down_since(art, long_ago)]
             todo = [c for s in UNFINISHED for c in cyc.cpvs_in(s)] + due
             needed = set(cyc.closure([d for c in todo for d in cyc.jobs[c].deps], "deps"))
-            lost = sorted(gone & needed | set(due))
+            lost = sorted(gone.keys() & needed | set(due))
             if not lost:
                 continue
             # _learn keeps a built job's stale estimate in the cached paths (harmless while it
