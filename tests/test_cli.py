@@ -84,3 +84,16 @@ distfiles = "{example / 'example/distfiles'}"
     again = json.loads(swarmnode("init", "--config", str(cfg), "--json").stdout)
     assert again["secret_file"] is None  # nothing that exists is changed
     assert again["fingerprint"] == report["fingerprint"] and secret.read_text() == written
+
+
+def test_status_tells_copies_being_made_from_copies_nobody_up_has() -> None:
+    from swarmnode.cli import render
+
+    with render.console.capture() as out:
+        render._copies({"under_replicated": 3, "unavailable": 1, "replica_target": 2}, "  ")
+    text = out.get()
+    assert "2 artifacts below 2 copies (replicating)" in text
+    assert "1 artifacts have no copy on an up node (until their node returns" in text
+    with render.console.capture() as out:
+        render._copies({"under_replicated": 0, "unavailable": 0, "replica_target": 2}, "")
+    assert out.get() == ""

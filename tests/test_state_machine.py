@@ -918,6 +918,7 @@ def test_a_lost_build_nothing_waits_for_is_rebuilt_only_after_lost_after_s() -> 
     assert w.s.cycle("c2").finished
     down_at = w.ts
     assert w.ok("node_status", down=["n1"])["rebuild"] == []
+    assert w.s.summary()["unavailable"] == 2          # c1's a/x-1 and c2's b/y-1
     err = w.do("finalize", release_id="r1", profile=P)["error"]
     assert err.startswith("finalize: 1 package is not yet stored on 1 node (b/y-1)")
     w.ts = down_at + 599

@@ -65,6 +65,17 @@ def wait_for_cycle(client: ApiClient, cycle_id: str, quiet: bool = False,
     return cycle
 
 
+def _copies(summary: dict[str, Any], indent: str) -> None:
+    """Artifacts short of copies: being copied, or (none on an up node) lost for now."""
+    short, gone = summary.get("under_replicated") or 0, summary.get("unavailable") or 0
+    if short > gone:
+        console.print(f"{indent}[yellow]{short - gone} artifacts below "
+                      f"{summary.get('replica_target')} copies (replicating)[/]")
+    if gone:
+        console.print(f"{indent}[red]{gone} artifacts have no copy on an up node[/] (until "
+                      "their node returns; an open cycle's are built again: docs/cluster.md)")
+
+
 def status(data: dict[str, Any]) -> None:
     node, cluster = data["node"], data["cluster"]
     console.print(f"node [bold]{node['id']}[/] {node['url']}  cluster {cluster['name']}  "
@@ -75,9 +86,7 @@ def status(data: dict[str, Any]) -> None:
                   + ("" if cluster.get("has_quorum", True) else
                      "  [red]no quorum: reads may be stale, changes wait[/]"))
     summary = data.get("summary", {})
-    if summary.get("under_replicated"):
-        console.print(f"  [yellow]{summary['under_replicated']} artifacts below "
-                      f"{summary.get('replica_target')} copies (replicating)[/]")
+    _copies(summary, "  ")
     table = Table("profile", "serving", "latest cycle", "jobs", box=None)
     for name, prof in data["profiles"].items():
         serving = prof["serving"]["release_id"] if prof["serving"] else "-"
@@ -171,9 +180,7 @@ def nodes(data: dict[str, Any]) -> None:
         console.print(f"{voters['count']} voters (a majority is {voters['majority']}; "
                       f"cluster.max_voters is {voters['wanted']}); the other nodes build "
                       "without voting")
-    if data.get("under_replicated"):
-        console.print(f"{data['under_replicated']} artifacts below {data['replica_target']} "
-                      "copies (replicating)")
+    _copies(data, "")
     nearby = data.get("nearby") or []
     if nearby:
         console.print("seen nearby, not in this swarm:")

@@ -273,6 +273,7 @@ def nodes(node: Node) -> dict[str, Any]:
     return {"nodes": out, "leader": node.log.leader_id, "sync": summary["sync"],
             "replica_target": summary["replica_target"],
             "under_replicated": summary["under_replicated"],
+            "unavailable": summary["unavailable"],
             "voters": {"wanted": state.config["max_voters"], "count": len(members),
                        "majority": len(members) // 2 + 1},
             "nearby": node.lan.view({n.node_id for n in state.nodes() if n.role != REMOVED})}

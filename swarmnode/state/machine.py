@@ -344,7 +344,8 @@ class SwarmState:
             "leases": [self.leases[f].to_dict() for f in sorted(self.leases)],
             "counters": dict(sorted(self.counters.items())),
             "config": dict(self.config),
-            "under_replicated": len(self.under_replicated()),
+            "under_replicated": len(short := self.under_replicated()),
+            "unavailable": sum(1 for entry in short if not entry["holders"]),
             "replica_target": self.replica_target(),
             "sync": dict(self.sync),
         }
