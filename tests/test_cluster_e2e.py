@@ -286,7 +286,10 @@ def test_a_hung_worker_loses_its_lease_and_its_late_result_is_discarded(
     assert hung.proc is not None
     os.kill(hung.proc.pid, signal.SIGSTOP)  # the daemon hangs; its build child runs on
     try:
-        wait_for(lambda: cycle(watch, "desktop")["jobs"][target]["node"] != hung.node_id, 30,
+        # handed on: leased to another node (just requeued is not enough — resumed at once,
+        # the hung node could claim it again first)
+        wait_for(lambda: cycle(watch, "desktop")["jobs"][target]["node"]
+                 not in (None, hung.node_id), 30,
                  "the hung node's lease to be revoked and the job handed on")
     finally:
         os.kill(hung.proc.pid, signal.SIGCONT)
