@@ -196,9 +196,7 @@ class Nemesis:
         """Buggify: sometimes kill a node just after its voter set changed — before it has
         written ``membership.json`` — so its restart has only the Raft journal to say who
         votes (what RaftFixes fix 5 replays)."""
-        if "crashes" not in self.kinds or not node.alive or node.node_id in self._down \
-                or self.active >= 2 or self.sim.loop.time() >= self.window_s \
-                or self.rng.random() >= 0.3:
+        if not self._buggify(node, self.rng, 0.3):
             return
         self.active += 1
         self.sim.spawn(self._crash_soon(node, self.rng.uniform(0.0, 0.3),
@@ -210,14 +208,19 @@ class Nemesis:
         the job again instead of waiting for the dead node's copy (SwarmState._rebuild_lost).
         Its own generator: these draws do not shift the other faults'."""
         rng = self.build_rng
-        if rng is None or "crashes" not in self.kinds or not node.alive \
-                or node.node_id in self._down or self.active >= 2 \
-                or self.sim.loop.time() >= self.window_s or rng.random() >= 0.05:
+        if rng is None or not self._buggify(node, rng, 0.05):
             return
         self.active += 1
         down_for = self.sim.config.down_after_s + rng.uniform(2.0, 12.0)
         self.sim.spawn(self._crash_soon(node, rng.uniform(0.0, 0.05), down_for,
                                         after="build"))
+
+    def _buggify(self, node: SimNode, rng: random.Random, chance: float) -> bool:
+        """Kill ``node`` now (with ``chance``)? Only with crashes on, during the fault window,
+        a running node, and fewer than two faults active; draws only then."""
+        return "crashes" in self.kinds and node.alive and node.node_id not in self._down \
+            and self.active < 2 and self.sim.loop.time() < self.window_s \
+            and rng.random() < chance
 
     async def _crash_soon(self, victim: SimNode, delay: float, duration: float,
                           after: str = "membership change") -> None:

@@ -269,10 +269,15 @@ class SwarmState:
         Stores are content-addressed, so a holder of any copy with the same sha256 counts (a
         reused copy may name holders the others do not).
         """
+        return sorted(h for h in self._holders(art)
+                      if (n := self._nodes.get(h)) is not None and n.up)
+
+    def _holders(self, art: Artifact) -> set[str]:
+        """Every node named as holding ``art``'s bytes, up or not (any copy's holders)."""
         holders = set(art.holders)
         for other in self._by_sha.get(art.sha256, ()):
             holders.update(other.holders)
-        return sorted(h for h in holders if (n := self._nodes.get(h)) is not None and n.up)
+        return holders
 
     def durable(self, art: Artifact) -> bool:
         """Enough up nodes hold ``art`` that losing one does not lose it (see replica_target)."""
@@ -531,10 +536,7 @@ class SwarmState:
         """
         out: list[list[Any]] = []
         long_ago = ts - self.config["lost_after_s"]
-        for profile in sorted({c.profile for c in self.cycles.values()}):
-            cyc = self.latest_cycle(profile)
-            if cyc is None or cyc.closed:
-                continue
+        for cyc in self._open_cycles():
             gone = {cpv: art for cpv in cyc.cpvs_in(BUILT)
                     if (art := cyc.jobs[cpv].artifact) is not None
                     and not self.live_holders(art)}
@@ -573,30 +575,28 @@ class SwarmState:
             self._count("lost_builds", len(out))
         return out
 
+    def _open_cycles(self) -> list[Cycle]:
+        """The latest cycle of each profile, if not finalized (by profile)."""
+        latest = (self.latest_cycle(p) for p in sorted({c.profile for c in self.cycles.values()}))
+        return [c for c in latest if c is not None and not c.closed]
+
     def _down_since(self, art: Artifact, ts: float) -> bool:
         """Every node holding ``art`` (any copy with its sha256) has been down since ``ts``
         or earlier (or is no longer registered)."""
-        holders = set(art.holders)
-        for other in self._by_sha.get(art.sha256, ()):
-            holders.update(other.holders)
         return all((n := self._nodes.get(h)) is None
                    or (not n.up and n.down_since is not None and n.down_since <= ts)
-                   for h in holders)
+                   for h in self._holders(art))
 
     def _lost_due(self, ts: float) -> bool:
-        """Would :meth:`_rebuild_lost` at ``ts`` find work? Cheap when no node has been down
-        ``lost_after_s``: the usual case, asked by every maintenance round."""
+        """Would :meth:`_rebuild_lost` at ``ts`` find a build nothing waits for that is due?
+        Cheap when no node has been down ``lost_after_s``: the usual case, asked by every
+        maintenance round."""
         long_ago = ts - self.config["lost_after_s"]
         if not any(not n.up and n.down_since is not None and n.down_since <= long_ago
                    for n in self._nodes.values()):
             return False
-        for profile in sorted({c.profile for c in self.cycles.values()}):
-            cyc = self.latest_cycle(profile)
-            if cyc is not None and not cyc.closed and any(
-                    (art := cyc.jobs[c].artifact) is not None and not self.live_holders(art)
-                    and self._down_since(art, long_ago) for c in cyc.unordered_in(BUILT)):
-                return True
-        return False
+        return any((art := cyc.jobs[c].artifact) is not None and self._down_since(art, long_ago)
+                   for cyc in self._open_cycles() for c in cyc.unordered_in(BUILT))
 
     def _op_request_sync(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Ask every node to sync its portage tree; nodes answer with a ``tree_report``
