@@ -59,6 +59,7 @@ class NodeProc:
     peers: list[str] = field(default_factory=list)  # Raft addresses of the whole cluster
     extra_toml: str = ""  # appended to [build] (may open further tables)
     cluster_toml: str = ""  # appended to [cluster]
+    max_parallel_jobs: int = 2  # builds at once
     cluster_name: str = "test"
     host: str = "127.0.0.1"  # the address it listens on (a namespace's LAN address)
     netns: str | None = None  # run the node, its CLI and HTTP calls in this network namespace
@@ -107,7 +108,7 @@ peers = {json.dumps(self.peers)}
 lease_ttl_s = 6
 heartbeat_s = 1
 poll_s = 0.5
-max_parallel_jobs = 2
+max_parallel_jobs = {self.max_parallel_jobs}
 {self.extra_toml}
 {self.profiles_toml}
 """)
