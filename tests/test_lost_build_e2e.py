@@ -47,11 +47,6 @@ PACKAGES = {  # name: (description, dependencies, flag file that lets it finish)
                   'RDEPEND="${DEPEND}"', "rest"),
     "busy-a": ("keeps one node busy", "", "rest"),
     "busy-b": ("keeps another node busy", "", "rest"),
-    # a build after each busy one: their chains are longer than lost-gate's, so no node keeps
-    # itself free for lost-user (the scheduler does that for a build on a longer path than
-    # any ready one) instead of taking a busy build
-    "after-a": ("needs busy-a", 'DEPEND="app-misc/busy-a"', "rest"),
-    "after-b": ("needs busy-b", 'DEPEND="app-misc/busy-b"', "rest"),
 }
 
 

@@ -49,12 +49,12 @@ QUICK_SEEDS = (1, 3)
 # start_cycle) does with the real batch size; fix 7 needs it to show on the small workload.
 _ONE_CYCLE: dict[str, Any] = {"nodes": 3, "cycles": 1, "faults": frozenset({"partitions"})}
 FIX_SEEDS: dict[int, tuple[dict[str, Any], frozenset[int]]] = {
-    1: ({**_ONE_CYCLE, "seed": 3}, frozenset()),
+    1: ({**_ONE_CYCLE, "seed": 14}, frozenset()),
     2: ({**_ONE_CYCLE, "seed": 5, "faults": frozenset({"partitions", "crashes", "flaky"}),
          "append_batch_bytes": 600}, frozenset({6})),
     5: ({**_ONE_CYCLE, "seed": 3, "nodes": 5, "faults": frozenset({"crashes", "joins"})},
         frozenset()),
-    6: ({**_ONE_CYCLE, "seed": 13}, frozenset()),
+    6: ({**_ONE_CYCLE, "seed": 2}, frozenset()),
     7: ({**_ONE_CYCLE, "seed": 1, "append_batch_bytes": 1024}, frozenset()),
     8: ({**_ONE_CYCLE, "seed": 1, "append_batch_bytes": 600}, frozenset()),
 }

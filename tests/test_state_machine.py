@@ -1343,3 +1343,19 @@ def test_a_registering_static_node_gets_its_role_once() -> None:
     w.ok("set_role", node_id="s2", role="voter", reason="operator")
     w.ok("register_node", node_id="s2", url="u", cores=2, profiles=[P], raft="h:2", voter=False)
     assert w.s.node("s2").role == "voter"  # the swarm's decision stands over a restart
+
+
+def test_idle_nodes_take_ready_jobs_rather_than_wait_behind_a_first_build() -> None:
+    """A build not ready yet is only booked ahead behind builds with learned estimates.
+    Behind a package never built (its estimate a 60 core-s guess) two idle one-slot nodes
+    each booked the waiting build on themselves, sent the ready jobs to the other, and both
+    idled until the guess had overrun enough (found by a real three-node test: ~170 s)."""
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.ok("register_node", node_id=n, url=f"http://{n}:7000", cores=2, profiles=[P],
+             sweeper=False, tree_versions={}, raft=None, slots=1)
+    w.cycle("c1", {"a/gate-1": [], "a/user-1": ["a/gate-1"], "a/busy-1": [], "a/busy-2": []})
+    assert w.claim("n1", free=2)["job"]["cpv"] == "a/gate-1"
+    w.ts += 5
+    taken = {n: (w.claim(n, free=2)["job"] or {}).get("cpv") for n in ("n2", "n3")}
+    assert sorted(taken.values()) == ["a/busy-1", "a/busy-2"], taken

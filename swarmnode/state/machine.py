@@ -962,7 +962,10 @@ class SwarmState:
                    long_s: float) -> list[tuple[tuple[float, float, str, int], Cycle, Job, float]]:
         """Long builds, not ready yet, on a longer path than any ready job (the critical path
         runs through them): each with the time its dependencies should be built by
-        (``release``), so a claim does not give their node to a less critical long build."""
+        (``release``), so a claim does not give their node to a less critical long build.
+        None behind a running or ready package never built before: its end is a guess (the
+        default estimate), and equal idle nodes each kept their slot for the build behind it
+        while sending the ready jobs to one another."""
         paths = self._paths(cyc)
         fast, own = paths.fast[max_cores], paths.own[max_cores].__getitem__
         finish: dict[str, float] = {}
@@ -975,7 +978,9 @@ class SwarmState:
                     stack.pop()
                     continue
                 job = cyc.jobs[c]
-                if job.state == LEASED:
+                if job.state in (LEASED, READY) and package_key(c) not in self.durations:
+                    finish[c] = math.inf  # never built: when it ends is a guess
+                elif job.state == LEASED:
                     finish[c] = ending.get((cyc.id, c), ts)
                 elif job.state == READY:
                     finish[c] = ts + own(c)
@@ -1000,7 +1005,7 @@ class SwarmState:
                 continue
             looked += 1
             release = max((done_by(d) for d in job.deps), default=ts)
-            if release - ts + fast[cpv] > ready_best:
+            if release < math.inf and release - ts + fast[cpv] > ready_best:
                 found.append((ts - release - fast[cpv], cpv, release))
         found.sort()
         return [((-1.0, key, cpv, pos), cyc, cyc.jobs[cpv], release)
