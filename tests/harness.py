@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLE = PROJECT / "config" / "example"
@@ -195,3 +196,26 @@ max_parallel_jobs = {self.max_parallel_jobs}
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+
+
+def copy_example(root: Path) -> tuple[Path, Path]:
+    """The example repository and its distfiles, copied under ``root`` (tests edit the copy)."""
+    repo, distfiles = root / "repo", root / "distfiles"
+    shutil.copytree(EXAMPLE / "repo", repo, symlinks=True)
+    shutil.copytree(EXAMPLE / "distfiles", distfiles)
+    return repo, distfiles
+
+
+def run_cluster(root: Path, profiles_toml: str, count: int = 3,
+                **node: Any) -> Iterator[list[NodeProc]]:
+    """For a fixture: ``count`` nodes n1… peered with each other, started, and stopped after."""
+    nodes = [NodeProc(root, f"n{i}", profiles_toml, **node) for i in range(1, count + 1)]
+    for n in nodes:
+        n.peers = [m.raft for m in nodes]
+    try:
+        for n in nodes:
+            n.start()
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()

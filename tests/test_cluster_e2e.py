@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
+from harness import PROFILES, NodeProc, copy_example, profile_toml, run_cluster, wait_for
 from test_node_e2e import packages_index, served_release_is_whole
 
 pytestmark = pytest.mark.slow
@@ -27,20 +27,10 @@ SECRET = "test-secret-0123456789abcdef"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("cluster")
-    repo = root / "repo"
-    shutil.copytree(EXAMPLE / "repo", repo, symlinks=True)
-    distfiles = root / "distfiles"
-    shutil.copytree(EXAMPLE / "distfiles", distfiles)
+    repo, distfiles = copy_example(root)
     profiles = (profile_toml("desktop", repo, PROFILES / "desktop", distfiles)
                 + profile_toml("server", repo, PROFILES / "server", distfiles))
-    nodes = [NodeProc(root, f"n{i}", profiles) for i in (1, 2, 3)]
-    for n in nodes:
-        n.peers = [m.raft for m in nodes]
-    for n in nodes:
-        n.start()
-    yield nodes
-    for n in nodes:
-        n.stop()
+    yield from run_cluster(root, profiles)
 
 
 def live(nodes: list[NodeProc]) -> list[NodeProc]:

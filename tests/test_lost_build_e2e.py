@@ -11,13 +11,12 @@ before the rebuild existed it waited for the dead node forever.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
+from harness import PROFILES, NodeProc, copy_example, profile_toml, run_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,22 +60,11 @@ def write_packages(repo: Path, flags: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lost")
-    repo = root / "repo"
-    shutil.copytree(EXAMPLE / "repo", repo, symlinks=True)
+    repo, distfiles = copy_example(root)
     write_packages(repo, root / "flags")
     (root / "flags").mkdir()
-    distfiles = root / "distfiles"
-    shutil.copytree(EXAMPLE / "distfiles", distfiles)
     profiles = profile_toml("desktop", repo, PROFILES / "desktop", distfiles)
-    nodes = [NodeProc(root, f"n{i}", profiles, max_parallel_jobs=1,
-                      cluster_toml="replicas = 1") for i in (1, 2, 3)]
-    for n in nodes:
-        n.peers = [m.raft for m in nodes]
-    for n in nodes:
-        n.start()
-    yield nodes
-    for n in nodes:
-        n.stop()
+    yield from run_cluster(root, profiles, max_parallel_jobs=1, cluster_toml="replicas = 1")
 
 
 def cycle(n: NodeProc) -> dict[str, Any]:
