@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from harness import EXAMPLE, PROFILES, NodeProc, profile_toml, wait_for
+from harness import PROFILES, NodeProc, copy_example, profile_toml, wait_for
 from swarmnode.portage.builder import leftover_build_processes
 from swarmnode.portage.client import BinhostClient
 from swarmnode.portage.index import read_gpkg_metadata
@@ -28,10 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("e2e")
-    repo = root / "repo"
-    shutil.copytree(EXAMPLE / "repo", repo, symlinks=True)
-    distfiles = root / "distfiles"
-    shutil.copytree(EXAMPLE / "distfiles", distfiles)
+    repo, distfiles = copy_example(root)
     profiles = profile_toml("desktop", repo, PROFILES / "desktop", distfiles,
                             extra='critical = ["dev-libs/libgreet"]')
     n = NodeProc(root, "node1", profiles)
