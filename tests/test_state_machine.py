@@ -1359,3 +1359,27 @@ def test_idle_nodes_take_ready_jobs_rather_than_wait_behind_a_first_build() -> N
     w.ts += 5
     taken = {n: (w.claim(n, free=2)["job"] or {}).get("cpv") for n in ("n2", "n3")}
     assert sorted(taken.values()) == ["a/busy-1", "a/busy-2"], taken
+
+
+def test_equal_idle_nodes_agree_where_a_build_not_ready_yet_goes() -> None:
+    """With learned estimates too: a long build waiting behind a running one is booked on the
+    same node in every claim. With ties to the asking node, two equal idle nodes each held it
+    on themselves, sent the ready builds (which would have overlapped it) to the other, and
+    neither started anything until the running build ended."""
+    w = Swarm()
+    for n in ("n1", "n2", "n3"):
+        w.ok("register_node", node_id=n, url=f"http://{n}:7000", cores=2, profiles=[P],
+             sweeper=False, tree_versions={}, raft=None, slots=1)
+    took = {"a/gate-1": 100.0, "a/user-1": 5000.0, "a/busy-1": 600.0, "a/busy-2": 600.0}
+    w.cycle("c0", {cpv: [] for cpv in took})  # the swarm has built them all once before
+    for _ in took:
+        claim = w.claim("n1", free=2)
+        w.ts += 1
+        assert w.finish("n1", claim, duration=took[claim["job"]["cpv"]])["ok"]
+    assert sorted(w.s.durations) == ["a/busy", "a/gate", "a/user"]
+    w.cycle("c1", {"a/gate-1": [], "a/user-1": ["a/gate-1"], "a/busy-1": [], "a/busy-2": []})
+    assert w.claim("n1", free=2)["job"]["cpv"] == "a/gate-1"
+    w.ts += 5
+    taken = {n: w.claim(n, free=2) for n in ("n2", "n3")}
+    assert sorted((c["job"] or {}).get("cpv", c.get("reason")) for c in taken.values()) \
+        == ["a/busy-1", "a/busy-2"], taken

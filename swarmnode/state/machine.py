@@ -964,8 +964,8 @@ class SwarmState:
         runs through them): each with the time its dependencies should be built by
         (``release``), so a claim does not give their node to a less critical long build.
         None behind a running or ready package never built before: its end is a guess (the
-        default estimate), and equal idle nodes each kept their slot for the build behind it
-        while sending the ready jobs to one another."""
+        default estimate, often minutes short), and a node would keep its slot for a build
+        that may be far from ready."""
         paths = self._paths(cyc)
         fast, own = paths.fast[max_cores], paths.own[max_cores].__getitem__
         finish: dict[str, float] = {}

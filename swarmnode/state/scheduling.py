@@ -263,7 +263,8 @@ def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capac
     here (the node keeps those cores free for it: meanwhile it only starts builds that end
     before), or here now on fewer cores, if that still finishes first. A wait counts
     WAIT_DOUBT extra. Ties go to ``me``. A candidate not ready yet (``release`` in the
-    future) only books its best node softly (see :class:`Capacity`); no node waits for it.
+    future) only books its best node softly (see :class:`Capacity`), ties going to the first
+    node by id, so every claim books it on the same node; no node waits for it.
     The first job the schedule starts here is the answer.
     """
     mine = capacity[me]
@@ -287,7 +288,12 @@ def place(candidates: Sequence[Candidate], me: str, capacity: Mapping[str, Capac
                 and mine.fits(now, wall_time(cand.est, free), free, soft):
             options.append((now + wall_time(cand.est, free), 0, me, now, free))
         begin = max(now, cand.release)
-        for rank, node_id in enumerate(sorted(cand.nodes, key=lambda n: (n != me, n)), 1):
+        # Ties: a ready job to this node (it can start here now); one not ready yet to the
+        # first node by id, the same in every node's claim — with ties to the asking node,
+        # equal idle nodes each held the waiting build on themselves, sent the ready ones to
+        # one another and all waited until it became ready.
+        order = sorted(cand.nodes, key=lambda n: (ready and n != me, n))
+        for rank, node_id in enumerate(order, 1):
             cap = capacity.get(node_id)
             if cap is None:
                 continue
