@@ -920,7 +920,9 @@ def test_a_lost_build_nothing_waits_for_is_rebuilt_only_after_lost_after_s() -> 
     assert w.ok("node_status", down=["n1"])["rebuild"] == []
     assert w.s.summary()["unavailable"] == 2          # c1's a/x-1 and c2's b/y-1
     err = w.do("finalize", release_id="r1", profile=P)["error"]
-    assert err.startswith("finalize: 1 package is not yet stored on 1 node (b/y-1)")
+    assert err == ("finalize: 1 package is stored only on nodes that are down (b/y-1 on n1); "
+                   "start one of those nodes again (a package this cycle built is also built "
+                   "again once every node holding it has been down cluster.lost_after_s, 600 s)")
     w.ts = down_at + 599
     assert not w.s.needs_maintenance(w.ts)
     w.ts = down_at + 600
@@ -1077,6 +1079,31 @@ def test_finalize_waits_until_every_package_is_durable() -> None:
     res = w.ok("finalize", release_id="r1", profile=P)
     assert res["packages"] == 3 and w.s.production(P).release_id == "r1"
     assert w.s.release("r1").packages["b/y-1"].holders == ["n1", "n3"]
+
+
+def test_finalize_tells_copies_on_their_way_from_bytes_only_down_nodes_hold() -> None:
+    """Retrying helps the first kind only: the refusal says which is which, and where."""
+    w = Swarm()
+    for n in ("n1", "n2", "n3", "n4"):
+        w.node(n)
+    w.cycle("c1", {"a/x-1": []}, reused=[reused_art("c/old-1", holders=("n2", "n3"))])
+    w.build("n1")
+    w.ok("node_status", down=["n2", "n3"])
+    before = w.s.digest()
+    err = w.do("finalize", release_id="r1", profile=P)["error"]
+    assert err == ("finalize: 1 package is not yet stored on 2 nodes (a/x-1); replication "
+                   "catches up within seconds — try again; 1 package is stored only on nodes "
+                   "that are down (c/old-1 on n2, n3); start one of those nodes again (a "
+                   "package this cycle built is also built again once every node holding it "
+                   "has been down cluster.lost_after_s, 600 s)")
+    assert w.s.digest() == before
+    w.ok("node_status", up=["n2"])                  # target 2 again: both need a copy
+    err = w.do("finalize", release_id="r1", profile=P)["error"]
+    assert err == ("finalize: 2 packages are not yet stored on 2 nodes (a/x-1, c/old-1); "
+                   "replication catches up within seconds — try again")
+    w.ok("artifact_stored", node_id="n2", sha256="sha-a/x-1")
+    w.ok("artifact_stored", node_id="n1", sha256="old-c/old-1")
+    assert w.ok("finalize", release_id="r1", profile=P)["packages"] == 2
 
 
 def test_finalize_refusal_names_at_most_five_packages() -> None:

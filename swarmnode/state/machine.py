@@ -1292,11 +1292,7 @@ class SwarmState:
         # replica_target() up nodes hold (losing one machine would lose the release).
         weak = sorted(cpv for cpv, art in packages.items() if not self.durable(art))
         if weak:
-            raise Bad(f"finalize: {_plural(len(weak), 'package')} "
-                      f"{'is' if len(weak) == 1 else 'are'} not yet stored on "
-                      f"{_plural(self.replica_target(), 'node')} "
-                      f"({', '.join(weak[:5])}{', …' if len(weak) > 5 else ''}); "
-                      "replication catches up within seconds — try again")
+            raise Bad("finalize: " + self._not_durable(weak, packages))
         rel = Release(id=release_id, profile=profile, cycle_id=cyc.id, created_ts=ts,
                       packages=packages)
         self._releases[release_id] = rel
@@ -1310,6 +1306,32 @@ class SwarmState:
         return {"ok": True, "release_id": release_id, "cycle_id": cyc.id,
                 "packages": len(packages), "timestamp": prod.timestamp, "pruned": pruned,
                 "pruned_cycles": pruned_cycles, "forced": bool(cyc.failed or cyc.blocked)}, True
+
+    def _not_durable(self, weak: list[str], packages: dict[str, Artifact]) -> str:
+        """Why finalize waits for ``weak`` packages, and what to do. Copies still being made
+        arrive by themselves; bytes that only down nodes hold never do (retrying alone would
+        not help), so those are named apart, with their holders."""
+        def names(cpvs: list[str], holders: bool = False) -> str:
+            shown = [f"{c} on {', '.join(sorted(self._holders(packages[c])))}" if holders
+                     else c for c in cpvs[:5]]
+            return ", ".join(shown) + (", …" if len(cpvs) > 5 else "")
+
+        def are(cpvs: list[str]) -> str:
+            return f"{_plural(len(cpvs), 'package')} {'is' if len(cpvs) == 1 else 'are'}"
+
+        gone = [c for c in weak if not self.live_holders(packages[c])]
+        short = [c for c in weak if c not in gone]
+        parts = []
+        if short:
+            parts.append(f"{are(short)} not yet stored on "
+                         f"{_plural(self.replica_target(), 'node')} ({names(short)}); "
+                         "replication catches up within seconds — try again")
+        if gone:
+            parts.append(f"{are(gone)} stored only on nodes that are down ({names(gone, True)});"
+                         " start one of those nodes again (a package this cycle built is also "
+                         "built again once every node holding it has been down "
+                         f"cluster.lost_after_s, {self.config['lost_after_s']:g} s)")
+        return "; ".join(parts)
 
     def _point(self, profile: str, release_id: str, ts: float) -> Production:
         """Move production to ``release_id`` with a TIMESTAMP greater than any before it."""
