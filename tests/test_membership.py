@@ -85,3 +85,19 @@ def test_raft_changes_follow_the_roles_one_side_at_a_time() -> None:
     members["n2:7701"] = True
     assert membership.raft_changes(w.s, members, 1000.0 + membership.DEMOTION_SETTLE_S) == [
         ("remove", "n2:7701")]
+
+
+def test_a_voter_the_swarm_dropped_learns_it_only_from_a_peer_in_a_working_quorum() -> None:
+    view = membership.PeerView
+    me = "n2:7701"
+    lost = view(True, "n1:7701", ("n1:7701", "n3:7701", "n6:7701"))
+    # Peers without a quorum or a leader prove nothing: the whole swarm may be restarting,
+    # and then this node's vote is what makes a majority.
+    assert membership.stale_vote(me, [view(False, None, ("n1:7701", "n3:7701"))]) is None
+    assert membership.stale_vote(me, [view(True, None, ("n1:7701", "n3:7701"))]) is None
+    # A working quorum that still counts us: keep voting (waiting for the leader is normal).
+    assert membership.stale_vote(me, [view(True, "n1:7701", ("n1:7701", me))]) is None
+    assert membership.stale_vote(me, []) is None
+    # One that does not: reopen as a worker with its voters.
+    assert membership.stale_vote(me, [view(False, None, ()), lost]) == [
+        "n1:7701", "n3:7701", "n6:7701"]

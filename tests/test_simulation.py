@@ -291,6 +291,38 @@ def test_a_node_killed_right_after_a_build_has_that_build_redone_without_it(
     assert again.node != victim and again.t < back
 
 
+def test_a_voter_replaced_while_down_comes_back_as_a_worker(tmp_path: Path) -> None:
+    """Six nodes, five voters: n2 is down past voter_grace_s, demoted, and the worker takes
+    its seat. Restarted, n2 opens its replica as the voter it was; pysyncobj drops every
+    connection it makes (nobody's voter set has it), so it never hears of its new role —
+    without membership.stale_vote it stays apart for good and the run never converges. Its
+    peers' status says it lost its vote: it reopens as a worker, afresh, and builds again."""
+    plan = (faultplan.Fault(5.0, "crashes", 40.0, "node", (1,)),)
+    sim = Simulation(_config(3, frozenset({"crashes"}), nodes=6, fault_window_s=50.0,
+                             plan=plan), tmp_path)
+    result = sim.run()
+    assert result.ok, _failures([result])
+    events = sim.history.events
+    boot = next(e.t for e in events if e.node == "n2" and e.kind == "boot" and e.t > 40)
+    demoted = next(e.t for e in events if e.kind == "role" and "node=n2 role=nonvoter" in e.detail)
+    assert demoted < boot
+    reopen = next(e for e in events if e.node == "n2" and e.kind == "reopen" and e.t > boot)
+    assert "voter=False" in reopen.detail
+    assert any(e.node == "n2" and e.kind == "build" and e.t > reopen.t for e in events)
+
+
+def test_a_voter_admitted_and_killed_before_it_was_added_rejoins() -> None:
+    """Seed 734 of the 1000-seed sweep (run as the sweep runs it: the command fixes
+    PYTHONHASHSEED): n4 is admitted by discovery as a voter and killed before the leader adds
+    it; down past voter_grace_s it is demoted, never having registered. It came back as a
+    voter nobody counted and never caught up (no caught-up leader 30 s after the faults)."""
+    proc = _sim_cli("--seed", "734", "--nodes", "5", "--cycles", "2", "--faults", "all")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "invariants:       OK" in stdout, stdout[-3000:] + stderr
+    assert any(node == "n4" and kind == "reopen" and fields.get("voter") == "False"
+               for _t, node, kind, fields in _events(stdout)), stdout[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_fixed_sweep_of_seeds_with_every_fault_passes(request: pytest.FixtureRequest) -> None:

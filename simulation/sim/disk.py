@@ -93,5 +93,13 @@ class SimDisk:
     def dump_file(self) -> Path:
         return self.dir / "raft.dump"
 
+    def wipe_replica(self) -> None:
+        """RaftLog.wipe: journal, term, vote and dump gone (the journal object stays the one
+        pysyncobj's journal factory hands out for this node)."""
+        j = self.journal
+        j.entries, j.term, j.voted_for = [], 0, None
+        j.commit_index = j._commit_pending = 1
+        self.dump_file.unlink(missing_ok=True)
+
     def crash(self) -> None:
         self.journal.lose_unsynced()

@@ -284,7 +284,8 @@ class SimNode:
         for coro, name in ((self._join(), "join"), (self._worker(), "worker"),
                            (self._maintenance(), "maintenance"), (self._replicator(), "replicator"),
                            (self._publisher(), "publisher"), (self._roles(), "roles"),
-                           (self._prober(), "prober"), (self._voters(), "voters")):
+                           (self._prober(), "prober"), (self._voters(), "voters"),
+                           (self._stale_vote(), "stale_vote")):
             self._spawn(coro, name)
 
     async def _join(self) -> None:
@@ -516,9 +517,30 @@ class SimNode:
                                           "discovery": self.discovered_via}:
                 self._save_membership()
 
-    async def _reopen(self, voter: bool) -> None:
-        voters = set(self._log().members())
+    async def _stale_vote(self) -> None:
+        """runtime.Node._stale_vote: a voter the swarm dropped reopens as a worker."""
+        leaderless_since: float | None = None
+        while True:
+            await self.nap(2.0)
+            log = self._log()
+            if not log.is_voter or log.leader_address is not None:
+                leaderless_since = None
+                continue
+            now = self.loop.time()
+            leaderless_since = now if leaderless_since is None else leaderless_since
+            if now - leaderless_since < membership.STALE_VOTE_AFTER_S:
+                continue
+            voters = membership.stale_vote(self.address, await self.sim.peer_views(self))
+            if voters is not None:
+                await self._reopen(False, set(voters), wipe=True)
+                leaderless_since = None
+
+    async def _reopen(self, voter: bool, voters: set[str] | None = None,
+                      wipe: bool = False) -> None:
+        voters = set(self._log().members()) if voters is None else voters
         self._log().close()
+        if wipe:
+            self.disk.wipe_replica()
         self.record("reopen", voter=voter)
         self._open(voter, voters)
         await self._log().wait_ready(STARTUP_CATCH_UP_S)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from swarmnode.consensus.raft import NoQuorum
-from swarmnode.node import decisions
+from swarmnode.node import decisions, membership
 from swarmnode.state.machine import DEFAULT_CONFIG
 from swarmnode.state.records import BLOCKED, BUILT, FAILED
 
@@ -310,6 +310,21 @@ class Simulation:
         except NoQuorum:
             return None
         return result if result.get("ok") else None
+
+    async def peer_views(self, asker: SimNode) -> list[membership.PeerView]:
+        """runtime.Node._peer_view of every other node: GET /api/v1/status where reachable."""
+        views = []
+        for n in self.nodes:
+            if n is asker or not n.alive or n.log is None:
+                continue
+            if n.paused or not self.http_ok(asker, n):
+                await asyncio.sleep(PROBE_TIMEOUT_S)
+                continue
+            await asyncio.sleep(2 * self.network.latency(asker.address, n.address))
+            if n.alive and n.log is not None:
+                views.append(membership.PeerView(n.log.has_quorum, n.log.leader_address,
+                                                 tuple(sorted(n.log.members()))))
+        return views
 
     async def probe(self, leader: SimNode, node_id: str) -> bool:
         """The leader's API ping of a worker (runtime.Node._prober)."""

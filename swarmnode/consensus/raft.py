@@ -292,6 +292,11 @@ class RaftLog:
                 "term": status["raft_term"], "has_quorum": bool(status["has_quorum"]),
                 "as_of": time.time()}
 
+    @property
+    def has_quorum(self) -> bool:
+        """This replica is in touch with a majority of the voters (a leader or its follower)."""
+        return bool(self._obj.getStatus()["has_quorum"])
+
     def members(self) -> dict[str, bool]:
         """Raft address → connected, for every voter (this node, if it votes, is connected)."""
         status = self._obj.getStatus()
@@ -344,6 +349,15 @@ class RaftLog:
                 "be a member / must be a member)" if reason == "REQUEST_DENIED" else
                 f"; {self.quorum_hint()}")
         raise UserError(f"cannot {action} {address}: {reason}{hint}", 409)
+
+    @staticmethod
+    def wipe(data_dir: Path) -> None:
+        """Delete a closed replica's journal, its term and vote, and its dump: opened again it
+        starts empty and receives the leader's snapshot. Only for a node the swarm no longer
+        counts as a voter (membership.stale_vote): its copy of the log is needed by no quorum,
+        and the terms it raised campaigning alone would make it ignore the real leader."""
+        for name in ("raft.journal", "raft.journal.meta", "raft.dump"):
+            (data_dir / name).unlink(missing_ok=True)
 
     def close(self) -> None:
         self._closed = True

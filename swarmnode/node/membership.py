@@ -9,12 +9,18 @@ Two layers, so the policy never races Raft itself:
 * :func:`raft_changes` moves pysyncobj's actual voter set towards those roles, one change at a
   time (pysyncobj allows one uncommitted change).
 
+And one on every node, :func:`stale_vote`: a node that still votes after the swarm dropped it
+(demoted while it was down) finds out from its peers and reopens as a worker.
+
 Why bounded: every voter is in every commit's majority and every election, so 50 voters would
 make each commit wait for 26 acknowledgements. Workers replicate the log all the same
 (pysyncobj read-only nodes) and forward commands, so they build exactly like voters do.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from swarmnode.state import SwarmState
 from swarmnode.state.records import NONVOTER, REMOVED, VOTER
@@ -69,3 +75,34 @@ def raft_changes(state: SwarmState, members: dict[str, bool], now: float) -> lis
         if not members[address] or now - node.role_ts >= DEMOTION_SETTLE_S:
             out.append(("remove", address))
     return out
+
+
+# -- on every node: a vote the swarm no longer counts --------------------------------------------
+
+#: A voter without a leader for this long asks its peers whether it still is one.
+STALE_VOTE_AFTER_S = 5.0
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What a peer's API says of its replica (GET /api/v1/status, ``cluster``)."""
+
+    has_quorum: bool
+    leader: str | None  # the leader's Raft address, as that peer sees it
+    voters: tuple[str, ...]  # pysyncobj's voter set there
+
+
+def stale_vote(me_raft: str, views: Iterable[PeerView]) -> list[str] | None:
+    """The voters to reopen with as a worker, if this replica votes but the swarm dropped it.
+
+    A voter demoted while it was down (``voter_grace_s``; its seat went to a worker) restarts
+    from its saved membership as a voter, and pysyncobj then drops every connection it makes:
+    its address is not in anyone's voter set. It would never hear of its new role. A peer in a
+    working quorum whose voter set lacks this node proves the demotion; peers without one prove
+    nothing (the whole swarm restarting, where this node's vote is needed): keep voting then.
+    As a worker the node catches up and follows its role (promoted again, if a seat is free).
+    """
+    for view in views:
+        if view.has_quorum and view.leader and view.voters and me_raft not in view.voters:
+            return sorted(view.voters)
+    return None

@@ -343,7 +343,7 @@ def status(node: Node) -> dict[str, Any]:
                                "lease": b.fence} for b in node.worker.running.values()]},
         "cluster": {"name": cfg.cluster.name, "is_leader": node.log.is_leader,
                     "voter": node.log.is_voter, "raft": cfg.node.raft_address,
-                    **node.log.freshness()},
+                    "voters": sorted(node.log.members()), **node.log.freshness()},
         "state": {"applied_index": node.log.applied_index, "digest": state.digest(),
                   "as_of": time.time()},
         "profiles": profiles,

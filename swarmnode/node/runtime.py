@@ -11,6 +11,7 @@ Loops (each a thin I/O shell around `decisions` and `membership`):
                (workers, `prober`), lease expiry
   voters       on the leader only: the voter policy and pysyncobj's voter set (membership.py)
   roles        switches this node's replica between voter and worker when its role changes
+  stale_vote   a voter the swarm dropped while it was down finds out from its peers (membership)
   replicator   copies under-replicated artifacts this node is chosen for
   publisher    makes the binhost serve the production release, fetching what it lacks
   syncer       runs `swarmnode sync` requests: a real repository sync, then reports the tree
@@ -190,9 +191,20 @@ class Node:
             password=f"{self.config.cluster.name}\0{self.config.cluster.secret}",
             voter=voter)
 
+    def _peer_urls(self) -> list[str]:
+        """Where the other nodes' APIs are, as the replicated state says."""
+        return sorted({n.url for n in self.log.state.nodes()
+                       if n.url and n.node_id != self.node_id and n.role != "removed"})
+
+    def _membership_record(self) -> dict[str, Any]:
+        # peers: kept for after a restart, when the replica is empty until a leader talks to
+        # it — a voter the swarm dropped meanwhile asks them (_stale_vote).
+        return {"role": VOTER if self.log.is_voter else NONVOTER,
+                "voters": sorted(self.log.members()), "discovery": self.discovered_via,
+                "peers": self._peer_urls() or (self._load_membership() or {}).get("peers", [])}
+
     def _save_membership(self) -> None:
-        record = {"role": VOTER if self.log.is_voter else NONVOTER,
-                  "voters": sorted(self.log.members()), "discovery": self.discovered_via}
+        record = self._membership_record()
         tmp = self.paths.membership.with_suffix(".tmp")
         tmp.write_text(json.dumps(record) + "\n")
         os.replace(tmp, self.paths.membership)
@@ -265,6 +277,7 @@ class Node:
             asyncio.create_task(self._roles(), name="roles"),
             asyncio.create_task(self._prober(), name="prober"),
             asyncio.create_task(self._voters(), name="voters"),
+            asyncio.create_task(self._stale_vote(), name="stale_vote"),
         ]
         self.ready.set()
 
@@ -388,29 +401,66 @@ class Node:
 
     async def _roles(self) -> None:
         """Follow this node's role: reopen the replica as a voter once the leader added us to
-        the voter set, or as a worker once we were demoted (the leader then drops us)."""
-        await self.registered.wait()
+        the voter set, or as a worker once we were demoted (the leader then drops us); keep
+        membership.json current meanwhile (before registering too: the peers it names are
+        what a restart goes on)."""
         me_raft = self.config.node.raft_address
         while True:
             await self.log.wait_changed(1.0)
-            me = self.log.state.node(self.node_id)
-            if me is None:
-                continue
+            me = self.log.state.node(self.node_id) if self.registered.is_set() else None
             members = self.log.members()
-            if self.log.is_voter and me.role == NONVOTER:
+            if me is not None and self.log.is_voter and me.role == NONVOTER:
                 await self._reopen(voter=False, reason=me.role_reason)
-            elif not self.log.is_voter and me.role == VOTER and me_raft in members:
+            elif (me is not None and not self.log.is_voter and me.role == VOTER
+                  and me_raft in members):
                 await self._reopen(voter=True, reason=me.role_reason)
-            elif (sorted(members), self.log.is_voter) != self._saved_view():
+            elif self._membership_record() != self._load_membership():
                 self._save_membership()
 
-    def _saved_view(self) -> tuple[list[str], bool]:
-        saved = self._load_membership() or {}
-        return sorted(saved.get("voters", [])), saved.get("role") == VOTER
+    async def _stale_vote(self) -> None:
+        """Reopen as a worker if this node votes but the swarm no longer counts it (see
+        membership.stale_vote): asked only after STALE_VOTE_AFTER_S without a leader."""
+        me = self.config.node.raft_address
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S * 3)
+        leaderless_since: float | None = None
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.sleep(2.0)
+                if not self.log.is_voter or self.log.leader_address is not None:
+                    leaderless_since = None
+                    continue
+                now = time.monotonic()
+                leaderless_since = leaderless_since or now
+                if now - leaderless_since < membership.STALE_VOTE_AFTER_S:
+                    continue
+                saved = self._load_membership() or {}
+                urls = {*self._peer_urls(), *saved.get("peers", []),
+                        *(c.url for c in self.lan.candidates())}
+                views = await asyncio.gather(*(self._peer_view(session, u) for u in sorted(urls)))
+                voters = membership.stale_vote(me, [v for v in views if v is not None])
+                if voters is not None:
+                    await self._reopen(False, "the swarm no longer counts this node as a voter "
+                                       "(demoted while it was down); its replica starts afresh",
+                                       set(voters), wipe=True)
+                    leaderless_since = None
 
-    async def _reopen(self, voter: bool, reason: str) -> None:
-        voters = set(self.log.members())
+    @staticmethod
+    async def _peer_view(session: aiohttp.ClientSession, url: str) -> membership.PeerView | None:
+        try:
+            async with session.get(f"{url}/api/v1/status") as resp:
+                body = await resp.json(content_type=None)
+            c = body["cluster"]
+            return membership.PeerView(bool(c["has_quorum"]), c.get("leader_address"),
+                                       tuple(str(v) for v in c["voters"]))
+        except Exception:  # unreachable, not serving, an older version: proves nothing
+            return None
+
+    async def _reopen(self, voter: bool, reason: str, voters: set[str] | None = None,
+                      wipe: bool = False) -> None:
+        voters = set(self.log.members()) if voters is None else voters
         self.log.close()
+        if wipe:
+            RaftLog.wipe(self.paths.state)
         self.log = RaftLog(self._raft_settings(voter, voters))
         self.log.start()
         self._save_membership()
