@@ -251,6 +251,11 @@ def test_cli_refuses_a_bad_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ({"packages": [{"name": "a", "duration_s": 1, "deps": [], "installed_kib": 1},
                    {"name": "a", "duration_s": 1, "deps": [], "installed_kib": 1}]},
      "listed twice"),
+    ({"packages": [{"name": "dev-libs/glib/x", "duration_s": 1, "deps": []}]}, "bad 'name'"),
+    ({"packages": [{"name": "a b", "duration_s": 1, "deps": []}]}, "bad 'name'"),
+    ({"packages": [{"name": "dev-libs/glib", "duration_s": 1, "deps": []},
+                   {"name": "dev-libs.glib", "duration_s": 1, "deps": []}]},
+     "would be that of 'dev-libs/glib'"),
 ])
 def test_cli_refuses_bad_workloads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    doc: Any, expect: str) -> None:
@@ -280,6 +285,23 @@ def test_a_dependency_cycle_loses_one_dep_and_the_bench_says_which(
     ends = {b["name"]: (b["start_s"], b["end_s"]) for b in result["builds"]}
     assert ends["c"][1] <= ends["b"][0] and ends["b"][1] <= ends["a"][0] <= ends["a"][1] \
         <= ends["x"][0]  # what is left of the cycle is still a chain
+
+
+def test_gentoo_style_names_with_a_category_or_a_version_are_built_under_their_names(
+        tmp_path: Path) -> None:
+    """A workload written as emerge prints it (``category/name``, even with the version) runs
+    like one of bare names, and the result speaks of the names as the file gives them."""
+    doc = {"packages": [{"name": "dev-libs/glib", "duration_s": 50, "deps": []},
+                        {"name": "x11-libs/gtk+-3.24.41", "duration_s": 120,
+                         "deps": ["dev-libs/glib"]},
+                        {"name": "gimp", "duration_s": 30, "deps": ["x11-libs/gtk+-3.24.41"]}]}
+    path = write(tmp_path, "w.json", doc)
+    assert main(["bench", "--workload", str(path), "--out", str(tmp_path / "o")]) == 0
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    ends = {b["name"]: (b["start_s"], b["end_s"]) for b in result["builds"]}
+    assert set(ends) == {"dev-libs/glib", "x11-libs/gtk+-3.24.41", "gimp"}
+    assert ends["dev-libs/glib"][1] <= ends["x11-libs/gtk+-3.24.41"][0]
+    assert ends["x11-libs/gtk+-3.24.41"][1] <= ends["gimp"][0]
 
 
 def test_deps_outside_the_workload_are_ignored() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from swarmnode.state.scheduling import package_key, topo_order
 
 #: Jobs get made-up but stable cpvs: ``bench/<name>-1.0`` (the state machine learns per cat/pn).
+#: A name in Gentoo's ``category/name`` form (or a whole ``category/name-version``) keeps its
+#: category as a prefix, ``bench/category.name-1.0``: every name stays one cat/pn of its own.
 CATEGORY = "bench"
 VERSION = "1.0"
 #: Size of a built package whose workload entry has no ``installed_kib`` (only the artifact
@@ -35,8 +37,12 @@ class Package:
     index: int                 # position in the file: emerge order breaks ties with it
 
     @property
+    def pn(self) -> str:
+        return self.name.replace("/", ".")
+
+    @property
     def cpv(self) -> str:
-        return f"{CATEGORY}/{self.name}-{VERSION}"
+        return f"{CATEGORY}/{self.pn}-{VERSION}"
 
 
 @dataclass(frozen=True)
@@ -86,15 +92,18 @@ def parse_workload(data: Any, name: str, sha256: str) -> Workload:
         if not isinstance(raw, dict):
             raise BenchInputError(f"workload {name}: packages[{i}] must be an object")
         pname = raw.get("name")
-        if not isinstance(pname, str) or not pname or "/" in pname \
+        if not isinstance(pname, str) or not pname or pname.count("/") > 1 \
+                or pname.startswith("/") or pname.endswith("/") \
                 or any(c.isspace() for c in pname):
             raise BenchInputError(f"workload {name}: packages[{i}] has a bad 'name' "
-                                  f"{pname!r} (non-empty, no '/' or spaces)")
+                                  f"{pname!r} (non-empty, no spaces; 'name' or "
+                                  "'category/name')")
         if pname in names:
             raise BenchInputError(f"workload {name}: package {pname!r} is listed twice "
                                   f"(packages[{names[pname]}] and [{i}])")
         names[pname] = i
     pkgs: list[Package] = []
+    keys: dict[str, str] = {}  # pn → the name it came from
     ignored = 0
     for i, raw in enumerate(raw_pkgs):
         where = f"workload {name}: package {raw['name']!r}"
@@ -108,8 +117,11 @@ def parse_workload(data: Any, name: str, sha256: str) -> Workload:
                       installed_kib=(None if raw.get("installed_kib") is None
                                      else _number(raw, "installed_kib", where)),
                       index=i)
-        if package_key(pkg.cpv) != f"{CATEGORY}/{pkg.name}":
+        if package_key(pkg.cpv) != f"{CATEGORY}/{pkg.pn}":
             raise BenchInputError(f"{where}: name cannot be made into a cpv")
+        if (other := keys.setdefault(pkg.pn, pkg.name)) != pkg.name:
+            raise BenchInputError(f"{where}: its cpv would be that of {other!r} "
+                                  "('/' becomes '.'); rename one of them")
         pkgs.append(pkg)
     dropped = cycle_edges({p.name: p.deps for p in pkgs})
     if dropped:

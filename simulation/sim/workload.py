@@ -125,7 +125,7 @@ def load(path: Path, time_scale: float = 1.0) -> Workload:
     deps outside the file ignored, one dep of every cycle dropped); durations × ``time_scale``,
     names made into cpvs."""
     parsed = load_workload(path)
-    cpv = {p.name: f"{CATEGORY}/{p.name}-1" for p in parsed.packages}
+    cpv = {p.name: f"{CATEGORY}/{p.pn}-1" for p in parsed.packages}
     deps = {cpv[p.name]: tuple(sorted(cpv[d] for d in p.deps)) for p in parsed.packages}
     by_cpv = {cpv[p.name]: p for p in parsed.packages}
     graph: dict[str, Package] = {}
