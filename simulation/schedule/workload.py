@@ -92,8 +92,7 @@ def parse_workload(data: Any, name: str, sha256: str) -> Workload:
         if not isinstance(raw, dict):
             raise BenchInputError(f"workload {name}: packages[{i}] must be an object")
         pname = raw.get("name")
-        if not isinstance(pname, str) or not pname or pname.count("/") > 1 \
-                or pname.startswith("/") or pname.endswith("/") \
+        if not isinstance(pname, str) or not all(parts := pname.split("/")) or len(parts) > 2 \
                 or any(c.isspace() for c in pname):
             raise BenchInputError(f"workload {name}: packages[{i}] has a bad 'name' "
                                   f"{pname!r} (non-empty, no spaces; 'name' or "
