@@ -17,7 +17,9 @@ from simulation.schedule.bounds import gate_bound, lower_bound
 from simulation.schedule.model import SerialParams, build_model, duration, serial_fraction
 from simulation.schedule.reference import emerge_order, simulate_reference
 from simulation.schedule.swarm import SwarmSettings
-from simulation.schedule.synth import generate
+from simulation.schedule.matrix import parse_seeds
+from simulation.schedule.synth import generate, variants
+from simulation.schedule.synth import main as synth_main
 from simulation.schedule.timeline import Build, finishing_chain, makespan
 from simulation.schedule.workload import (BenchInputError, Package, parse_fleet,
                                           parse_workload)
@@ -214,6 +216,97 @@ def test_subset_keeps_the_closure_of_a_share_of_the_top_level_packages() -> None
         assert len(kept) < len(source)
         assert all(d in have for p in kept for d in p["deps"] if d in names)  # closed
     assert generate("subset", 2, source, 0.7) == generate("subset", 2, source, 0.7)
+
+
+def test_variants_are_the_jitter_and_closure_sets_drawn_from_one_workload(
+        tmp_path: Path) -> None:
+    source = json.loads(DESKTOP.read_text())["packages"]
+    docs = variants(source, 2)
+    assert sorted(docs) == ["closure70-1", "closure70-2", "jitter-1", "jitter-2",
+                            "subset-1", "subset-2"]
+    assert docs["jitter-2"] == generate("subset", 2, source, 1.0)
+    assert len(docs["subset-1"]["packages"]) < len(docs["closure70-1"]["packages"]) \
+        < len(source) == len(docs["jitter-1"]["packages"])
+    out = tmp_path / "v"
+    assert synth_main(["variants", "--from", str(DESKTOP), "--count", "1",
+                       "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["closure70-1.json", "jitter-1.json",
+                                                    "subset-1.json"]
+    assert json.loads((out / "jitter-1.json").read_text()) == variants(source, 1)["jitter-1"]
+
+
+@pytest.mark.parametrize("text,seeds", [("1", [1]), ("0", [0]), ("3,1,3", [3, 1]),
+                                        ("1-3,7", [1, 2, 3, 7]), ("2-3", [2, 3])])
+def test_seeds_are_one_a_list_or_a_range(text: str, seeds: list[int]) -> None:
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "x", "-1", "3-1", "1-", "1,,2", "1-99999", "1.5"])
+def test_bad_seeds_are_refused_with_what_is_expected(text: str) -> None:
+    with pytest.raises(BenchInputError, match="--seed"):
+        parse_seeds(text)
+
+
+def test_several_workloads_and_seeds_run_side_by_side_with_one_summary(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each run of the matrix is exactly the single run of its workload and seed (two runs
+    in child processes at once), two files named alike keep apart, and the summary's worst
+    is the worst row."""
+    folder, other = tmp_path / "set", tmp_path / "other"
+    folder.mkdir()
+    other.mkdir()
+    write(folder, "w.json", generate("huge-cpp", 2))
+    write(folder, "fan.json", generate("chain-fanout", 1))
+    write(other, "w.json", generate("huge-cpp", 3))
+    out = tmp_path / "out"
+    assert main(["bench", "--workload", str(folder), "--workload", str(other / "w.json"),
+                 "--fleet", "8,8s", "--seed", "1-2", "--jobs", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert [(r["workload"], r["seed"]) for r in rows] == [
+        ("fan", 1), ("fan", 2), ("w", 1), ("w", 2), ("w-2", 1), ("w-2", 2)]
+    assert summary["runs"] == 6 and summary["failed_runs"] == 0
+    for r in rows:
+        result = json.loads((Path(r["out"]) / "result.json").read_text())
+        assert (Path(r["out"]) / "timeline.svg").is_file()
+        assert result["seed"] == r["seed"] and result["workload"]["path"] == r["path"]
+        assert r["ratio_to_lower_bound"] == result["ratio_to_lower_bound"]
+    single = tmp_path / "single"
+    assert main(["bench", "--workload", str(other / "w.json"), "--fleet", "8,8s",
+                 "--seed", "2", "--out", str(single)]) == 0
+    alone = json.loads((single / "result.json").read_text())
+    assert alone["makespan_s"] == rows[5]["makespan_s"]
+    assert alone["scheduler"]["state_digest"] == json.loads(
+        (Path(rows[5]["out"]) / "result.json").read_text())["scheduler"]["state_digest"]
+    worst = max(rows, key=lambda r: r["ratio_to_lower_bound"])
+    assert summary["worst"] == {"workload": worst["workload"], "seed": worst["seed"],
+                                "ratio_to_lower_bound": worst["ratio_to_lower_bound"]}
+    assert summary["over_ratio_target"] == sum(r["ratio_to_lower_bound"] > 1.3 for r in rows)
+    printed = capsys.readouterr().out
+    assert "6 runs on 8,8s" in printed and f"worst {worst['ratio_to_lower_bound']:.3f}" in printed
+
+
+def test_a_bad_workload_among_several_is_reported_and_the_rest_still_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, "good.json", generate("huge-cpp", 2))
+    write(tmp_path, "bad.json", {"packages": [{"name": "a", "duration_s": -1, "deps": []}]})
+    out = tmp_path / "out"
+    assert main(["bench", "--workload", str(tmp_path), "--fleet", "8,8s", "--jobs", "1",
+                 "--out", str(out)]) == 2
+    rows = {r["workload"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    assert "'duration_s' must be a number" in rows["bad"]["error"]
+    assert rows["good"]["makespan_s"] > 0
+    captured = capsys.readouterr()
+    assert "error: " in captured.out and "Traceback" not in captured.out + captured.err
+    assert captured.err.startswith("bench: 1 of 2 runs could not run") \
+        and captured.err.count("\n") == 1
+
+
+def test_an_empty_workload_directory_is_refused(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--workload", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no .json file" in err and err.count("\n") == 1
 
 
 def test_cli_writes_result_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

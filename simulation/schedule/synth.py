@@ -12,6 +12,11 @@ format of ``desktop.json``. Shapes:
   40 % of FILE's top-level packages (those nothing depends on), every duration scaled by a
   random 0.7–1.3 as if measured on another machine.
 
+``variants --from FILE --count N --out DIR`` writes the set the scheduler is judged on near a
+real workload (simulation/bench/README.md), into a directory that ``simulation bench
+--workload DIR`` takes whole: ``jitter-K`` (every package, durations scaled), ``closure70-K``
+(the closure of 70 % of the top-level packages) and ``subset-K`` (40 %), for K = 1..N.
+
 Durations are log-normal; installed sizes follow durations (~15 KiB per second of build, the
 ratio of desktop.json) with their own spread, so the serial-fraction formula sees realistic
 pairs. A few deps name packages outside the file, which the bench ignores.
@@ -136,6 +141,16 @@ def generate(shape: str, seed: int, source: list[Pkg] | None = None,
     return {"source": command, "packages": pkgs}
 
 
+#: ``variants``: file-name prefix → share of the top-level packages kept.
+VARIANTS = {"jitter": 1.0, "closure70": 0.7, "subset": DEFAULT_SHARE}
+
+
+def variants(source: list[Pkg], count: int) -> dict[str, dict[str, Any]]:
+    """File stem → workload document: ``count`` of each kind in VARIANTS (seeds 1..count)."""
+    return {f"{kind}-{seed}": generate("subset", seed, source, share)
+            for kind, share in VARIANTS.items() for seed in range(1, count + 1)}
+
+
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -149,7 +164,7 @@ def _share(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulation.schedule.synth",
                                      description="Write a synthetic bench workload.")
-    parser.add_argument("shape", choices=sorted([*SHAPES, "subset"]))
+    parser.add_argument("shape", choices=sorted([*SHAPES, "subset", "variants"]))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--from", dest="source", type=Path,
                         help="workload the subset shape draws from")
@@ -157,13 +172,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="subset: share of the top-level packages whose closure is kept "
                              f"(default {DEFAULT_SHARE:g}; 1 keeps every package, durations "
                              "still scaled)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=None,
+                        help="variants: how many of each kind (default 6)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the file to write (variants: a directory)")
     args = parser.parse_args(argv)
-    if (args.shape == "subset") != (args.source is not None):
-        parser.error("--from goes with the subset shape, and only with it")
+    drawn = args.shape in ("subset", "variants")
+    if drawn != (args.source is not None):
+        parser.error("--from goes with the subset and variants shapes, and only with them")
     if args.share is not None and args.shape != "subset":
         parser.error("--share goes with the subset shape only")
-    source = json.loads(args.source.read_text())["packages"] if args.source else None
+    if args.count is not None and (args.shape != "variants" or not 1 <= args.count <= 1000):
+        parser.error("--count goes with the variants shape only, and is 1..1000")
+    try:
+        source = json.loads(args.source.read_text())["packages"] if args.source else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parser.error(f"cannot read the packages of {args.source}: {exc}")
+    if args.shape == "variants":
+        assert source is not None
+        docs = variants(source, 6 if args.count is None else args.count)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for stem, doc in docs.items():
+                (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        except OSError as exc:
+            parser.error(f"cannot write to {args.out}: {exc.strerror or exc}")
+        print(f"{args.out}: {len(docs)} workloads ({', '.join(VARIANTS)}, "
+              f"1..{len(docs) // len(VARIANTS)} each) drawn from {args.source}")
+        return 0
     doc = generate(args.shape, args.seed, source,
                    DEFAULT_SHARE if args.share is None else args.share)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
