@@ -19,6 +19,8 @@ from harness import PROFILES, NodeProc, copy_example, profile_toml, wait_for
 from swarmnode.portage.builder import leftover_build_processes
 from swarmnode.portage.client import BinhostClient
 from swarmnode.portage.index import read_gpkg_metadata
+from swarmnode.state import SwarmState
+from swarmnode.state.scheduling import one_core_seconds
 from swarmnode.store import ArtifactStore
 
 pytestmark = pytest.mark.slow
@@ -63,6 +65,42 @@ def served_release_is_whole(n: NodeProc, profile: str = "desktop") -> str:
         assert len(data) == int(entry["SIZE"])
         assert hashlib.sha1(data).hexdigest() == entry["SHA1"]
     return index[""]["TIMESTAMP"]
+
+
+def test_history_from_an_emerge_log_seeds_the_estimates_of_the_first_cycle(
+        node: NodeProc, tmp_path: Path) -> None:
+    log = tmp_path / "emerge.log"
+    log.write_text("\n".join([
+        "1000: Started emerge on: Feb 04, 2018 00:09:31",
+        "1001:  >>> emerge (1 of 3) dev-libs/libcore-0.9 to /",
+        "1031:  ::: completed emerge (1 of 3) dev-libs/libcore-0.9 to /",
+        "1031:  >>> emerge (2 of 3) app-misc/bigtable-0.9 to /",
+        "1631:  ::: completed emerge (2 of 3) app-misc/bigtable-0.9 to /",
+        "1631:  >>> emerge (3 of 3) app-misc/motd-0.9 to /",          # failed: never completed
+        ""]))
+    proc = node.cli("history", "--emerge-log", str(log), "--jobs", "4")
+    assert proc.returncode == 0, proc.stderr + node.log_tail()
+    assert "read 2 builds of 2 packages" in proc.stdout and "learned 2 new" in proc.stdout
+    status, raw = node.http("GET", "/api/v1/state", secret=node.secret)
+    assert status == 200
+    learned = SwarmState.from_bytes(raw).durations
+    assert learned == {"app-misc/bigtable": pytest.approx(one_core_seconds(600, 4)),
+                       "dev-libs/libcore": 30.0}   # all serial: one core takes as long
+    again = node.cli_json("history", "--emerge-log", str(log), "--jobs", "4")
+    assert again["added"] == 0 and again["known"] == 2
+    digest = node.get("/api/v1/status")["state"]["digest"]
+    for body, code, message in [
+            (b'{"packages": {"dev-libs/libcore-1.0": 5}, "jobs": 4}', 400, b"without a version"),
+            (b'{"packages": {"dev-libs/libcore": -5}, "jobs": 4}', 400, b"wall seconds"),
+            (b'{"packages": {"dev-libs/libcore": 5}, "jobs": 0}', 400, b"'jobs'")]:
+        got, reply = node.http("POST", "/api/v1/history", body, secret=node.secret)
+        assert (got, message in reply) == (code, True), reply
+    assert node.http("POST", "/api/v1/history", b'{"packages": {"a/b": 5}, "jobs": 4}',
+                     secret="wrong")[0] == 401
+    missing = node.cli("history", "--emerge-log", str(tmp_path / "nope.log"))
+    assert missing.returncode != 0 and "cannot read emerge log" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    assert node.get("/api/v1/status")["state"]["digest"] == digest
 
 
 def test_fresh_builds_the_world_set(node: NodeProc) -> None:

@@ -102,6 +102,7 @@ def run_bench(workload: Workload, fleet: list[NodeSpec], config: BenchConfig) ->
         "scheduler": {"state_machine": "swarmnode.state.SwarmState (claim/complete)",
                       "max_jobs": settings.describe_max_jobs(),
                       "warmup_cycles": settings.warmup_cycles, "noise": settings.noise,
+                      "history": settings.history,
                       "lease_ttl_s": settings.lease_ttl_s, "commands": run.commands,
                       "refused_claims": run.refused_claims,
                       "learned_estimates": run.learned_estimates,

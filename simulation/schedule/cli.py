@@ -58,6 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                         "max(1, cores // 4), half = cores // 2, cores = one per core")
     p.add_argument("--warmup-cycles", type=int, default=1,
                    help="cycles run first so the scheduler has learned durations (default 1)")
+    p.add_argument("--history", action="store_true",
+                   help="before the measured cycle, teach the swarm the workload's durations "
+                        "as `swarmnode history` does from an emerge log (with "
+                        "--warmup-cycles 0: a new swarm's first cycle)")
     p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
                    help="log-normal spread of real build times around the model (default 0)")
     p.set_defaults(func=run)
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         config = BenchConfig(seed=seeds[0], serial_override=override,
                              settings=SwarmSettings(max_jobs=args.max_jobs,
                                                     warmup_cycles=args.warmup_cycles,
-                                                    noise=args.noise))
+                                                    noise=args.noise, history=args.history))
         if len(files) * len(seeds) > 1 or any(p.is_dir() for p in args.workload):
             return _run_matrix(plan_runs(files, seeds, args.out), fleet, config,
                                args.jobs or default_jobs(), args.out)

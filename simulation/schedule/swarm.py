@@ -36,8 +36,9 @@ from typing import Any
 
 from swarmnode.node.decisions import WorkerView, claim_command
 from swarmnode.state import SwarmState
+from swarmnode.state.scheduling import one_core_seconds, package_key
 
-from .model import DurationModel
+from .model import MEASURED_CORES, DurationModel
 from .timeline import Build
 from .workload import UNKNOWN_SIZE_KIB, NodeSpec, Workload
 
@@ -56,6 +57,8 @@ class SwarmSettings:
     noise: float = 0.0
     max_jobs: int = 0            # builds per node at once: 0 = the daemon's max(1, cores // 4),
     #                              ALL_CORES / HALF_CORES = one per core / two cores, else N
+    history: bool = False        # before the measured cycle, teach the swarm the workload's
+    #                              durations as `swarmnode history` would from an emerge log
 
     def jobs_for(self, cores: int) -> int:
         if self.max_jobs == ALL_CORES:
@@ -123,6 +126,14 @@ class _Sim:
             self.apply("register_node", node_id=n.node_id, url=f"http://{n.node_id}:7000",
                        cores=n.cores, profiles=[PROFILE], sweeper=n.sweeper,
                        tree_versions={}, slots=self.settings.jobs_for(n.cores))
+
+    def learn_history(self) -> None:
+        """What ``swarmnode history`` sends for an emerge log of these builds: each
+        package's measured duration, built with MEASURED_CORES make jobs, as one-core
+        seconds through the scheduler's own prior. Packages already learned keep theirs."""
+        self.apply("learn_history", source="workload durations", durations={
+            package_key(p.cpv): one_core_seconds(p.duration_s, MEASURED_CORES)
+            for p in self.workload.packages})
 
     def _factor(self, cycle: int, name: str) -> float:
         """This build's deviation from the model: deterministic per (seed, cycle, package)."""
@@ -211,7 +222,9 @@ def simulate_swarm(workload: Workload, model: DurationModel, fleet: list[NodeSpe
     sim.register()
     for cycle in range(settings.warmup_cycles):
         sim.run_cycle(cycle)
-    learned = sum(1 for p in workload.packages if f"bench/{p.name}" in sim.state.durations)
+    if settings.history:
+        sim.learn_history()
+    learned = sum(1 for p in workload.packages if package_key(p.cpv) in sim.state.durations)
     builds = sim.run_cycle(settings.warmup_cycles)
     return SwarmRun(builds=builds, commands=sim.commands, refused_claims=sim.refused,
                     learned_estimates=learned,

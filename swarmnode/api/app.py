@@ -160,6 +160,12 @@ async def post_reset(request: web.Request) -> web.Response:
     return web.json_response(await ops.reset(request.app[NODE], _opt_str(body, "profile")))
 
 
+async def post_history(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await ops.learn_history(
+        request.app[NODE], body.get("packages"), body.get("jobs"), body.get("source", "")))
+
+
 async def get_log(request: web.Request) -> web.Response:
     data = await ops.build_log(request.app[NODE], _query_profile(request),
                                request.match_info["cpv"],
@@ -242,6 +248,7 @@ def create_app(node: Node) -> web.Application:
     app.router.add_post("/api/v1/finalize", post_finalize)
     app.router.add_post("/api/v1/rollback", post_rollback)
     app.router.add_post("/api/v1/reset", post_reset)
+    app.router.add_post("/api/v1/history", post_history)
     app.router.add_get("/api/v1/logs/{cpv:.+}", get_log)
     app.router.add_get("/api/v1/releases", get_releases)
     app.router.add_get("/api/v1/key", get_key)

@@ -164,6 +164,46 @@ def reset(ctx: typer.Context, profile: ProfileOpt = None, as_json: JsonOpt = Fal
 
 
 @app.command()
+def history(ctx: typer.Context,
+            emerge_log: Annotated[Path, typer.Option(
+                "--emerge-log", help="A Gentoo host's emerge log.")] = Path("/var/log/emerge.log"),
+            make_jobs: Annotated[Optional[int], typer.Option(
+                "--jobs", "-j", help="The make jobs (MAKEOPTS -jN) the logged builds ran with "
+                                     "(default: this machine's cores).")] = None,
+            as_json: JsonOpt = False) -> None:
+    """Teach the swarm build times from an emerge log, before its first cycle.
+
+    Packages it has built itself keep what it learned from them.
+    """
+    import socket
+
+    from swarmnode.portage import history as hist
+
+    jobs_n = make_jobs if make_jobs is not None else (os.cpu_count() or 1)
+    if not 1 <= jobs_n <= 1024:
+        raise UserError(f"--jobs must be within 1..1024 (got {jobs_n})")
+    builds = hist.read_log(emerge_log)
+    walls = hist.wall_seconds(builds)
+    source = f"{emerge_log} on {socket.gethostname()}"[:200]
+    client, keys = _ctx(ctx).client, sorted(walls)
+    added = known = 0
+    for i in range(0, len(keys), HISTORY_BATCH):
+        batch = {k: walls[k] for k in keys[i:i + HISTORY_BATCH]}
+        result = client.post("/api/v1/history",
+                             {"packages": batch, "jobs": jobs_n, "source": source})
+        added, known = added + result["added"], known + result["known"]
+    longest = max(walls, key=lambda k: (walls[k], k))
+    summary = {"log": str(emerge_log), "builds": len(builds), "packages": len(walls),
+               "jobs": jobs_n, "added": added, "known": known,
+               "longest": {"package": longest, "wall_s": walls[longest]}}
+    _emit(summary, as_json, render.history)
+
+
+#: Packages per request (the API takes at most 1000 at once).
+HISTORY_BATCH = 1000
+
+
+@app.command()
 def jobs(ctx: typer.Context, cycle: Annotated[Optional[str], typer.Argument(
              help="Cycle id (default: the profile's latest).")] = None,
          profile: ProfileOpt = None,

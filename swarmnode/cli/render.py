@@ -142,6 +142,15 @@ def rolled_back(result: dict[str, Any]) -> None:
                   f"(TIMESTAMP {result['timestamp']})")
 
 
+def history(data: dict[str, Any]) -> None:
+    hours = data["longest"]["wall_s"] / 3600
+    console.print(f"read {data['builds']} builds of {data['packages']} packages from "
+                  f"{data['log']} (built with -j{data['jobs']}; longest "
+                  f"{data['longest']['package']}, {hours:.1f} h)")
+    console.print(f"the swarm learned [bold]{data['added']}[/] new estimates; {data['known']} "
+                  "packages it has built itself keep their own")
+
+
 def releases(data: dict[str, Any]) -> None:
     table = Table("", "release", "cycle", "packages", box=None)
     for rel in data["releases"]:

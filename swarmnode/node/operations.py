@@ -21,7 +21,7 @@ from swarmnode.errors import UserError
 from swarmnode.node import decisions
 from swarmnode.node.commands import command
 from swarmnode.node.runtime import Node
-from swarmnode.portage import atoms, index, planner
+from swarmnode.portage import atoms, history, index, planner
 from swarmnode.state.records import (BLOCKED, FAILED, NONVOTER, REMOVED, UNFINISHED, VOTER,
                                      Artifact)
 from swarmnode.state.risk import SAFE_BELOW, risk_score
@@ -179,6 +179,38 @@ async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:
     if profile_name is not None:
         fields["profile"] = node.config.profile(profile_name).name
     return _ok(await node.submit(command("reset", **fields)))
+
+
+#: Packages one history request may carry (the CLI sends larger logs in batches).
+HISTORY_BATCH = 1000
+MAX_JOBS = 1024
+
+
+async def learn_history(node: Node, packages: Any, jobs: Any, source: Any) -> dict[str, Any]:
+    """Seed estimates of packages the swarm never built from wall seconds recorded elsewhere
+    (an emerge log, built with ``jobs`` make jobs); packages it has built keep theirs."""
+    if not isinstance(packages, dict) or not packages:
+        raise UserError("history: 'packages' must be a non-empty object of category/package "
+                        "to wall seconds")
+    if len(packages) > HISTORY_BATCH:
+        raise UserError(f"history: {len(packages)} packages in one request; at most "
+                        f"{HISTORY_BATCH} (send them in batches)")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise UserError(f"history: 'jobs' (the make jobs the builds ran with) must be an "
+                        f"integer in 1..{MAX_JOBS} (got {str(jobs)[:20]})")
+    if not isinstance(source, str) or len(source) > 200:
+        raise UserError("history: 'source' must be a short text (where the times come from)")
+    walls: dict[str, float] = {}
+    for key, wall in packages.items():
+        atoms.validate_package_key(key)
+        if isinstance(wall, bool) or not isinstance(wall, (int, float)) \
+                or not 0 < wall <= history.MAX_BUILD_S:
+            raise UserError(f"history: {key}: wall seconds must be a number in "
+                            f"(0, {history.MAX_BUILD_S:g}] (got {str(wall)[:20]})")
+        walls[key] = float(wall)
+    result = _ok(await node.submit(command(
+        "learn_history", durations=history.core_seconds(walls, jobs), source=source)))
+    return {"added": result["added"], "known": result["known"], "source": source}
 
 
 async def build_log(node: Node, profile_name: str | None, cpv: str,

@@ -94,3 +94,16 @@ def validate_cpv(cpv: str) -> str:
         shown = str(cpv)[:60]
         raise UserError(f"invalid package version {shown!r}: expected e.g. app-misc/foo-1.0")
     return cpv
+
+
+def validate_package_key(key: str) -> str:
+    """A package without a version, "cat/pn" (what build times are kept by), else UserError."""
+    ok = isinstance(key, str) and 0 < len(key) <= MAX_TARGET_LEN and key == key.strip()
+    try:
+        ok = ok and Atom(key).cp == key
+    except InvalidAtom:
+        ok = False
+    if not ok:
+        raise UserError(f"invalid package name {str(key)[:60]!r}: expected category/package "
+                        "without a version, e.g. dev-libs/glib")
+    return key

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ from .scheduling import (HORIZON_MARGIN, LEAF_MARGIN, Candidate, Capacity, cores
                          topo_order, useful_cores, wall_time)
 
 FORMAT_VERSION = 2
+#: learn_history: packages per command (a desktop's closure is ~700, all of ::gentoo ~19 000)
+#: and the largest one-core estimate taken (~3 years: anything above is a broken log).
+HISTORY_LIMIT = 50_000
+MAX_HISTORY_CORE_S = 1e8
+#: A cat/pn as the state keeps it (lenient: the API checks names through portage, without a
+#: version, before they get here; the bench's made-up names are not all valid Gentoo ones).
+_PACKAGE_KEY = re.compile(r"^[A-Za-z0-9+_][A-Za-z0-9+_.-]*/[A-Za-z0-9+_][A-Za-z0-9+_.-]*$")
 DEDUP_LIMIT = 10_000
 #: Long builds not ready yet that a claim plans ahead for (see SwarmState._lookahead), and
 #: what "long" means: at least this share of the cycle's projected remaining time.
@@ -1266,6 +1274,39 @@ class SwarmState:
                 self._prune_cycles(profile)
         return {"ok": True, "config": dict(self.config), "pruned": sorted(pruned)}, changed
 
+    def _op_learn_history(self, f: Fields, ts: float) -> tuple[Result, bool]:
+        """Estimates for packages this swarm has never built, from builds recorded elsewhere
+        (a host's emerge.log, see swarmnode/portage/history.py): one-core seconds per cat/pn.
+
+        Without them a first cycle gives every package the default estimate, so nothing
+        looks critical and the toolchain and browsers start on a slot's few cores: on the
+        desktop workload that schedules like the reference policy (4.4x the lower bound
+        instead of 1.3x). A package the swarm has built keeps what it learned — its own
+        builds on its own machines are the better evidence.
+        """
+        raw = f.data.get("durations")
+        if not isinstance(raw, dict) or not raw:
+            raise Bad("learn_history: field 'durations' must be a non-empty map of "
+                      f"'category/package' to one-core seconds (got {short(raw)})")
+        if len(raw) > HISTORY_LIMIT:
+            raise Bad(f"learn_history: {len(raw)} packages in one command; at most "
+                      f"{HISTORY_LIMIT} (send them in batches)")
+        for key in sorted(raw, key=str):
+            value = raw[key]
+            if not isinstance(key, str) or not _PACKAGE_KEY.match(key):
+                raise Bad(f"learn_history: {short(key)} is not a 'category/package'")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not 0 < value <= MAX_HISTORY_CORE_S:
+                raise Bad(f"learn_history: {key}: expected one-core seconds in "
+                          f"(0, {MAX_HISTORY_CORE_S:g}] (got {short(value)})")
+        added = sorted(k for k in raw if k not in self.durations)
+        for key in added:
+            self.durations[key] = float(raw[key])
+        if added:
+            self._crit.clear()  # every cycle's paths may use a new estimate
+            self._count("history_learned", len(added))
+        return {"ok": True, "added": len(added), "known": len(raw) - len(added)}, bool(added)
+
     def _op_finalize(self, f: Fields, ts: float) -> tuple[Result, bool]:
         """Publish the latest cycle as a release and point production at it."""
         release_id = f.text("release_id")
@@ -1432,4 +1473,5 @@ _HANDLERS: dict[str, Callable[[SwarmState, Fields, float], tuple[Result, bool]]]
     "set_signing_key": SwarmState._op_set_signing_key,
     "admit_node": SwarmState._op_admit_node,
     "set_role": SwarmState._op_set_role,
+    "learn_history": SwarmState._op_learn_history,
 }
