@@ -19,6 +19,8 @@ from swarmnode.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_PATTERN = _NAME  # node ids and cluster names
+#: Where Gentoo keeps the log of every emerge (build.emerge_log; "" turns it off).
+DEFAULT_EMERGE_LOG = "/var/log/emerge.log"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class BuildConfig:
     poll_s: float = 1.0
     max_parallel_jobs: int = 1
     keep_build_roots: bool = False
+    # This host's emerge log: build times for packages the swarm never built (None: off).
+    emerge_log: Path | None = None
+    emerge_log_jobs: int = 0  # the make jobs its builds ran with; 0 = node.cores
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,11 @@ def _get(table: dict[str, Any], key: str, kind: type, default: Any, where: str) 
 
 def _path(base: Path, value: str) -> Path:
     return (base / os.path.expanduser(value)).resolve()
+
+
+def _optional_path(base: Path, value: str) -> Path | None:
+    """A path setting that "" turns off."""
+    return _path(base, value) if value else None
 
 
 def _read_world(portage_config: Path | None) -> tuple[str, ...]:
@@ -369,7 +379,12 @@ def load_config(path: str | Path) -> Config:
         max_parallel_jobs=(_get(bt, "max_parallel_jobs", int, 0, "build")
                            or max(1, node.cores // 4)),
         keep_build_roots=_get(bt, "keep_build_roots", bool, False, "build"),
+        emerge_log=_optional_path(base, _get(bt, "emerge_log", str, DEFAULT_EMERGE_LOG,
+                                             "build")),
+        emerge_log_jobs=_get(bt, "emerge_log_jobs", int, 0, "build"),
     )
+    if not 0 <= build.emerge_log_jobs <= 1024:
+        raise UserError("build.emerge_log_jobs must be 0 (this node's cores) to 1024")
     if build.max_parallel_jobs < 0:
         raise UserError("build.max_parallel_jobs must be 0 (one per 4 cores) or more")
     if build.heartbeat_s * 2 > build.lease_ttl_s:

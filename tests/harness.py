@@ -61,6 +61,7 @@ class NodeProc:
     extra_toml: str = ""  # appended to [build] (may open further tables)
     cluster_toml: str = ""  # appended to [cluster]
     max_parallel_jobs: int = 2  # builds at once
+    emerge_log: str = ""  # build.emerge_log ("" off: a test host's own log must not leak in)
     cluster_name: str = "test"
     host: str = "127.0.0.1"  # the address it listens on (a namespace's LAN address)
     netns: str | None = None  # run the node, its CLI and HTTP calls in this network namespace
@@ -110,6 +111,7 @@ lease_ttl_s = 6
 heartbeat_s = 1
 poll_s = 0.5
 max_parallel_jobs = {self.max_parallel_jobs}
+emerge_log = {json.dumps(self.emerge_log)}
 {self.extra_toml}
 {self.profiles_toml}
 """)

@@ -68,6 +68,10 @@ def test_example_config_loads_with_relative_paths(monkeypatch: pytest.MonkeyPatc
      "cluster.peers[0] must be a"),
     (f"[cluster]\nsecret = '{SECRET}'\nreplicas = 0\n" + profile_table(),
      "cluster.replicas must be at least 1"),
+    (f"[cluster]\nsecret = '{SECRET}'\n[build]\nemerge_log_jobs = -1\n" + profile_table(),
+     "build.emerge_log_jobs must be 0"),
+    (f"[cluster]\nsecret = '{SECRET}'\n[build]\nemerge_log = 5\n" + profile_table(),
+     "build.emerge_log must be a str"),
 
 ])
 def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str,
@@ -125,3 +129,15 @@ def test_a_wildcard_listener_offers_its_lan_address_to_peers(tmp_path: Path) -> 
     assert host in ips and cfg.node.raft_address.endswith(":7701")
     assert cfg.node.advertise_url == f"http://{host}:7700"
     assert cfg.discovery.mdns and cfg.discovery.bootstrap_wait_s == 5.0
+
+
+def test_the_hosts_emerge_log_is_read_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    base = f"[cluster]\nsecret = '{SECRET}'\n"
+    assert load_config(write(tmp_path, base + profile_table())).build.emerge_log == \
+        Path("/var/log/emerge.log")
+    off = load_config(write(tmp_path, base + "[build]\nemerge_log = ''\n" + profile_table()))
+    assert off.build.emerge_log is None
+    rel = load_config(write(tmp_path, base + "[build]\nemerge_log = 'logs/emerge.log'\n"
+                            "emerge_log_jobs = 12\n" + profile_table()))
+    assert rel.build.emerge_log == tmp_path / "logs/emerge.log"
+    assert rel.build.emerge_log_jobs == 12

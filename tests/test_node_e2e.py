@@ -32,7 +32,10 @@ def node(tmp_path_factory: pytest.TempPathFactory):
     repo, distfiles = copy_example(root)
     profiles = profile_toml("desktop", repo, PROFILES / "desktop", distfiles,
                             extra='critical = ["dev-libs/libgreet"]')
-    n = NodeProc(root, "node1", profiles)
+    host_log = root / "emerge.log"   # what this "host" built before it joined a swarm
+    host_log.write_text("1:  >>> emerge (1 of 1) dev-lang/toylang-1.0 to /\n"
+                        "901:  ::: completed emerge (1 of 1) dev-lang/toylang-1.0 to /\n")
+    n = NodeProc(root, "node1", profiles, emerge_log=str(host_log))
     n.repo, n.distfiles = repo, distfiles  # type: ignore[attr-defined]
     n.start()
     yield n
@@ -69,6 +72,14 @@ def served_release_is_whole(n: NodeProc, profile: str = "desktop") -> str:
 
 def test_history_from_an_emerge_log_seeds_the_estimates_of_the_first_cycle(
         node: NodeProc, tmp_path: Path) -> None:
+    def learned() -> dict[str, float]:
+        status, raw = node.http("GET", "/api/v1/state", secret=node.secret)
+        assert status == 200
+        return SwarmState.from_bytes(raw).durations
+
+    # the node read its own host's log (build.emerge_log) when it joined, with -j(its cores)
+    wait_for(lambda: "dev-lang/toylang" in learned(), 30, "the host's emerge log learned")
+    assert learned()["dev-lang/toylang"] == pytest.approx(one_core_seconds(900, 2))
     log = tmp_path / "emerge.log"
     log.write_text("\n".join([
         "1000: Started emerge on: Feb 04, 2018 00:09:31",
@@ -81,11 +92,9 @@ def test_history_from_an_emerge_log_seeds_the_estimates_of_the_first_cycle(
     proc = node.cli("history", "--emerge-log", str(log), "--jobs", "4")
     assert proc.returncode == 0, proc.stderr + node.log_tail()
     assert "read 2 builds of 2 packages" in proc.stdout and "learned 2 new" in proc.stdout
-    status, raw = node.http("GET", "/api/v1/state", secret=node.secret)
-    assert status == 200
-    learned = SwarmState.from_bytes(raw).durations
-    assert learned == {"app-misc/bigtable": pytest.approx(one_core_seconds(600, 4)),
-                       "dev-libs/libcore": 30.0}   # all serial: one core takes as long
+    assert learned() == {"app-misc/bigtable": pytest.approx(one_core_seconds(600, 4)),
+                         "dev-libs/libcore": 30.0,   # all serial: one core takes as long
+                         "dev-lang/toylang": pytest.approx(one_core_seconds(900, 2))}
     again = node.cli_json("history", "--emerge-log", str(log), "--jobs", "4")
     assert again["added"] == 0 and again["known"] == 2
     digest = node.get("/api/v1/status")["state"]["digest"]

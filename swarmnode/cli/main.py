@@ -187,8 +187,8 @@ def history(ctx: typer.Context,
     source = f"{emerge_log} on {socket.gethostname()}"[:200]
     client, keys = _ctx(ctx).client, sorted(walls)
     added = known = 0
-    for i in range(0, len(keys), HISTORY_BATCH):
-        batch = {k: walls[k] for k in keys[i:i + HISTORY_BATCH]}
+    for i in range(0, len(keys), hist.BATCH):
+        batch = {k: walls[k] for k in keys[i:i + hist.BATCH]}
         result = client.post("/api/v1/history",
                              {"packages": batch, "jobs": jobs_n, "source": source})
         added, known = added + result["added"], known + result["known"]
@@ -198,9 +198,6 @@ def history(ctx: typer.Context,
                "longest": {"package": longest, "wall_s": walls[longest]}}
     _emit(summary, as_json, render.history)
 
-
-#: Packages per request (the API takes at most 1000 at once).
-HISTORY_BATCH = 1000
 
 
 @app.command()

@@ -182,7 +182,7 @@ async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:
 
 
 #: Packages one history request may carry (the CLI sends larger logs in batches).
-HISTORY_BATCH = 1000
+HISTORY_BATCH = history.BATCH
 MAX_JOBS = 1024
 
 

@@ -44,7 +44,8 @@ from swarmnode.node import decisions, membership
 from swarmnode.node.commands import command
 from swarmnode.node.peers import PeerFetcher
 from swarmnode.node.worker import Worker
-from swarmnode.portage import signing
+from swarmnode.errors import UserError
+from swarmnode.portage import history, signing
 from swarmnode.portage import sync as portage_sync
 from swarmnode.state.records import NONVOTER, VOTER
 from swarmnode.store import ArtifactStore
@@ -328,6 +329,37 @@ class Node:
         await self.lan.set_member(self.key.fingerprint)
         log.info("node %s registered (Raft %s, tree %s)", cfg.node.node_id,
                  cfg.node.raft_address, versions)
+        await self._learn_host_history()
+
+    async def _learn_host_history(self) -> None:
+        """Build times this host recorded in its emerge log (``build.emerge_log``): estimates
+        for packages the swarm never built, so even its first cycle is scheduled by real
+        durations (see docs/operations.md). Only packages this replica does not know yet
+        are sent; a host without a log sends nothing, and a failure only costs a warning."""
+        path, cfg = self.config.build.emerge_log, self.config
+        if path is None or not path.is_file():
+            return
+        try:
+            walls = history.wall_seconds(await asyncio.to_thread(history.read_log, path))
+        except UserError as exc:
+            log.warning("not learning build times from the emerge log: %s", exc)
+            return
+        unknown = sorted(k for k in walls if k not in self.log.state.durations)
+        jobs = cfg.build.emerge_log_jobs or cfg.node.cores
+        added = 0
+        for i in range(0, len(unknown), history.BATCH):
+            batch = {k: walls[k] for k in unknown[i:i + history.BATCH]}
+            try:
+                result = await self.submit(command(
+                    "learn_history", durations=history.core_seconds(batch, jobs),
+                    source=f"{path} on {cfg.node.node_id}"))
+            except (NoQuorum, asyncio.TimeoutError) as exc:
+                log.warning("not learning build times from %s now: %s", path, exc)
+                return
+            added += int(result.get("added", 0))
+        if unknown:
+            log.info("learned the build times of %d packages from %s (built with -j%d)",
+                     added, path, jobs)
 
     async def stop(self) -> None:
         for build in list(self.worker.running.values()):

@@ -32,6 +32,8 @@ from swarmnode.state.scheduling import one_core_seconds
 RECENT = 5
 #: A build longer than this is a log whose end was lost (a crash), not a build.
 MAX_BUILD_S = 7 * 24 * 3600.0
+#: Packages per learn_history command / API request (a desktop's closure fits in one).
+BATCH = 1000
 #: Largest log read (a busy machine writes ~1 MB per 10 000 lines, years of history).
 MAX_LOG_BYTES = 512 * 1024 * 1024
 
