@@ -291,18 +291,19 @@ def test_a_node_killed_right_after_a_build_has_that_build_redone_without_it(
     assert again.node != victim and again.t < back
 
 
-def test_a_voter_replaced_while_down_comes_back_as_a_worker(tmp_path: Path) -> None:
+def test_a_voter_replaced_while_down_comes_back_as_a_worker() -> None:
     """Six nodes, five voters: n2 is down past voter_grace_s, demoted, and the worker takes
     its seat. Restarted, n2 opens its replica as the voter it was; pysyncobj drops every
     connection it makes (nobody's voter set has it), so it never hears of its new role —
     without membership.stale_vote it stays apart for good and the run never converges. Its
     peers' status says it lost its vote: it reopens as a worker, afresh, and builds again."""
     plan = (faultplan.Fault(5.0, "crashes", 40.0, "node", (1,)),)
-    sim = Simulation(_config(3, frozenset({"crashes"}), nodes=6, fault_window_s=50.0,
-                             plan=plan), tmp_path)
-    result = sim.run()
+    # In a fresh process with the simulator's fixed hash seed: with another one (4, say)
+    # equal-ranked claims go to other nodes and n2, a worker again, loses every race for the
+    # few jobs left — the run is as correct, but this last check would have nothing to see.
+    result, events = cli.run_with_events(_config(3, frozenset({"crashes"}), nodes=6,
+                                                 fault_window_s=50.0, plan=plan))
     assert result.ok, _failures([result])
-    events = sim.history.events
     boot = next(e.t for e in events if e.node == "n2" and e.kind == "boot" and e.t > 40)
     demoted = next(e.t for e in events if e.kind == "role" and "node=n2 role=nonvoter" in e.detail)
     assert demoted < boot

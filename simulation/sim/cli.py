@@ -31,6 +31,7 @@ from simulation.faultplan import Fault, dumps, read
 from simulation.procs import die_with_parent
 
 from .faults import parse_faults
+from .history import Event
 from .raftnode import SWITCHABLE_FIXES
 from .simulation import RunResult, SimConfig, fault_plan, fault_window, run
 from .workload import load, resolve
@@ -225,6 +226,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_with_history(config: SimConfig) -> tuple[RunResult, list[str]]:
+    result, events = _run_events(config)
+    return result, [e.line() for e in events]
+
+
+def _run_events(config: SimConfig) -> tuple[RunResult, list[Event]]:
     from .simulation import Simulation
     import shutil
     import tempfile
@@ -233,9 +239,17 @@ def _run_with_history(config: SimConfig) -> tuple[RunResult, list[str]]:
     try:
         sim = Simulation(config, workdir)
         result = sim.run()
-        return result, [e.line() for e in sim.history.events]
+        return result, list(sim.history.events)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_with_events(config: SimConfig) -> tuple[RunResult, list[Event]]:
+    """One run and its whole history, in a fresh process with the fixed hash seed: the run
+    ``run --seed N --history`` replays, whatever this interpreter's PYTHONHASHSEED (a run in
+    a process with another hash seed may order equal-ranked choices differently)."""
+    with _hash_seed_env(), _pool(1) as pool:
+        return pool.submit(_run_events, config).result()
 
 
 @contextmanager
