@@ -97,6 +97,8 @@ def test_history_from_an_emerge_log_seeds_the_estimates_of_the_first_cycle(
                          "dev-lang/toylang": pytest.approx(one_core_seconds(900, 2))}
     again = node.cli_json("history", "--emerge-log", str(log), "--jobs", "4")
     assert again["added"] == 0 and again["known"] == 2
+    shown = node.cli("status")
+    assert "build times known for 3 packages (3 first from emerge logs)" in shown.stdout
     digest = node.get("/api/v1/status")["state"]["digest"]
     for body, code, message in [
             (b'{"packages": {"dev-libs/libcore-1.0": 5}, "jobs": 4}', 400, b"without a version"),

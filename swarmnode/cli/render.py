@@ -76,6 +76,18 @@ def _copies(summary: dict[str, Any], indent: str) -> None:
                       "their node returns; an open cycle's are built again: docs/cluster.md)")
 
 
+def _estimates(est: dict[str, int] | None) -> None:
+    """How much the scheduler knows; a new swarm is told how to teach it."""
+    if est is None:
+        return
+    if not est["packages"]:
+        console.print("  [yellow]no build times known yet[/]: the first cycle guesses every "
+                      "package small; `swarmnode history` teaches them from an emerge log")
+        return
+    told = f" ({est['from_history']} first from emerge logs)" if est["from_history"] else ""
+    console.print(f"  build times known for {est['packages']} packages{told}")
+
+
 def status(data: dict[str, Any]) -> None:
     node, cluster = data["node"], data["cluster"]
     console.print(f"node [bold]{node['id']}[/] {node['url']}  cluster {cluster['name']}  "
@@ -87,6 +99,7 @@ def status(data: dict[str, Any]) -> None:
                      "  [red]no quorum: reads may be stale, changes wait[/]"))
     summary = data.get("summary", {})
     _copies(summary, "  ")
+    _estimates(summary.get("estimates"))
     table = Table("profile", "serving", "latest cycle", "jobs", box=None)
     for name, prof in data["profiles"].items():
         serving = prof["serving"]["release_id"] if prof["serving"] else "-"

@@ -361,6 +361,8 @@ class SwarmState:
             "unavailable": sum(1 for entry in short if not entry["holders"]),
             "replica_target": self.replica_target(),
             "sync": dict(self.sync),
+            "estimates": {"packages": len(self.durations),
+                          "from_history": self.counters.get("history_learned", 0)},
         }
 
     # ------------------------------------------------------------------ apply
