@@ -335,7 +335,8 @@ class Node:
         """Build times this host recorded in its emerge log (``build.emerge_log``): estimates
         for packages the swarm never built, so even its first cycle is scheduled by real
         durations (see docs/operations.md). Only packages this replica does not know yet
-        are sent; a host without a log sends nothing, and a failure only costs a warning."""
+        are sent (retried until a quorum commits them); a host without a log sends nothing,
+        and an unreadable one costs a warning."""
         path, cfg = self.config.build.emerge_log, self.config
         if path is None or not path.is_file():
             return
@@ -349,11 +350,11 @@ class Node:
         added = 0
         for i in range(0, len(unknown), history.BATCH):
             batch = {k: walls[k] for k in unknown[i:i + history.BATCH]}
-            try:
-                result = await self.submit(command(
+            try:  # retried while the swarm has no quorum, like registering
+                result = await self.submit_until_committed(command(
                     "learn_history", durations=history.core_seconds(batch, jobs),
-                    source=f"{path} on {cfg.node.node_id}"))
-            except (NoQuorum, asyncio.TimeoutError) as exc:
+                    source=f"{path} on {cfg.node.node_id}"), "learning the emerge log")
+            except asyncio.TimeoutError as exc:
                 log.warning("not learning build times from %s now: %s", path, exc)
                 return
             added += int(result.get("added", 0))
