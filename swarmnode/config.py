@@ -21,6 +21,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_PATTERN = _NAME  # node ids and cluster names
 #: Where Gentoo keeps the log of every emerge (build.emerge_log; "" turns it off).
 DEFAULT_EMERGE_LOG = "/var/log/emerge.log"
+#: Most make jobs a logged build can have run with (build.emerge_log_jobs, history --jobs).
+MAX_LOG_JOBS = 1024
 
 
 @dataclass(frozen=True)
@@ -383,8 +385,8 @@ def load_config(path: str | Path) -> Config:
                                              "build")),
         emerge_log_jobs=_get(bt, "emerge_log_jobs", int, 0, "build"),
     )
-    if not 0 <= build.emerge_log_jobs <= 1024:
-        raise UserError("build.emerge_log_jobs must be 0 (this node's cores) to 1024")
+    if not 0 <= build.emerge_log_jobs <= MAX_LOG_JOBS:
+        raise UserError(f"build.emerge_log_jobs must be 0 (this node's cores) to {MAX_LOG_JOBS}")
     if build.max_parallel_jobs < 0:
         raise UserError("build.max_parallel_jobs must be 0 (one per 4 cores) or more")
     if build.heartbeat_s * 2 > build.lease_ttl_s:

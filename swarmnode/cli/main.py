@@ -173,22 +173,21 @@ def history(ctx: typer.Context,
             as_json: JsonOpt = False) -> None:
     """Teach the swarm build times from an emerge log, before its first cycle.
 
-    Packages it has built itself keep what it learned from them.
+    Packages the swarm already knows (from its own builds or an earlier log) keep their times.
     """
     import socket
 
     from swarmnode.portage import history as hist
 
     jobs_n = make_jobs if make_jobs is not None else (os.cpu_count() or 1)
-    if not 1 <= jobs_n <= 1024:
-        raise UserError(f"--jobs must be within 1..1024 (got {jobs_n})")
+    if not 1 <= jobs_n <= hist.MAX_JOBS:
+        raise UserError(f"--jobs must be within 1..{hist.MAX_JOBS} (got {jobs_n})")
     builds = hist.read_log(emerge_log)
     walls = hist.wall_seconds(builds)
     source = f"{emerge_log} on {socket.gethostname()}"[:200]
-    client, keys = _ctx(ctx).client, sorted(walls)
+    client = _ctx(ctx).client
     added = known = 0
-    for i in range(0, len(keys), hist.BATCH):
-        batch = {k: walls[k] for k in keys[i:i + hist.BATCH]}
+    for batch in hist.batches(walls):
         result = client.post("/api/v1/history",
                              {"packages": batch, "jobs": jobs_n, "source": source})
         added, known = added + result["added"], known + result["known"]
@@ -197,7 +196,6 @@ def history(ctx: typer.Context,
                "jobs": jobs_n, "added": added, "known": known,
                "longest": {"package": longest, "wall_s": walls[longest]}}
     _emit(summary, as_json, render.history)
-
 
 
 @app.command()

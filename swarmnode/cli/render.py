@@ -161,7 +161,7 @@ def history(data: dict[str, Any]) -> None:
                   f"{data['log']} (built with -j{data['jobs']}; longest "
                   f"{data['longest']['package']}, {hours:.1f} h)")
     console.print(f"the swarm learned [bold]{data['added']}[/] new estimates; {data['known']} "
-                  "packages it has built itself keep their own")
+                  "packages it already knew keep their times")
 
 
 def releases(data: dict[str, Any]) -> None:

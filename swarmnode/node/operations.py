@@ -181,23 +181,19 @@ async def reset(node: Node, profile_name: str | None) -> dict[str, Any]:
     return _ok(await node.submit(command("reset", **fields)))
 
 
-#: Packages one history request may carry (the CLI sends larger logs in batches).
-HISTORY_BATCH = history.BATCH
-MAX_JOBS = 1024
-
-
 async def learn_history(node: Node, packages: Any, jobs: Any, source: Any) -> dict[str, Any]:
     """Seed estimates of packages the swarm never built from wall seconds recorded elsewhere
     (an emerge log, built with ``jobs`` make jobs); packages it has built keep theirs."""
     if not isinstance(packages, dict) or not packages:
         raise UserError("history: 'packages' must be a non-empty object of category/package "
                         "to wall seconds")
-    if len(packages) > HISTORY_BATCH:
+    if len(packages) > history.BATCH:
         raise UserError(f"history: {len(packages)} packages in one request; at most "
-                        f"{HISTORY_BATCH} (send them in batches)")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+                        f"{history.BATCH} (send them in batches)")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) \
+            or not 1 <= jobs <= history.MAX_JOBS:
         raise UserError(f"history: 'jobs' (the make jobs the builds ran with) must be an "
-                        f"integer in 1..{MAX_JOBS} (got {str(jobs)[:20]})")
+                        f"integer in 1..{history.MAX_JOBS} (got {str(jobs)[:20]})")
     if not isinstance(source, str) or len(source) > 200:
         raise UserError("history: 'source' must be a short text (where the times come from)")
     walls: dict[str, float] = {}

@@ -345,18 +345,13 @@ class Node:
         except UserError as exc:
             log.warning("not learning build times from the emerge log: %s", exc)
             return
-        unknown = sorted(k for k in walls if k not in self.log.state.durations)
+        unknown = {k: w for k, w in walls.items() if k not in self.log.state.durations}
         jobs = cfg.build.emerge_log_jobs or cfg.node.cores
         added = 0
-        for i in range(0, len(unknown), history.BATCH):
-            batch = {k: walls[k] for k in unknown[i:i + history.BATCH]}
-            try:  # retried while the swarm has no quorum, like registering
-                result = await self.submit_until_committed(command(
-                    "learn_history", durations=history.core_seconds(batch, jobs),
-                    source=f"{path} on {cfg.node.node_id}"), "learning the emerge log")
-            except asyncio.TimeoutError as exc:
-                log.warning("not learning build times from %s now: %s", path, exc)
-                return
+        for batch in history.batches(unknown):  # retried while there is no quorum
+            result = await self.submit_until_committed(command(
+                "learn_history", durations=history.core_seconds(batch, jobs),
+                source=f"{path} on {cfg.node.node_id}"), "learning the emerge log")
             added += int(result.get("added", 0))
         if unknown:
             log.info("learned the build times of %d packages from %s (built with -j%d)",

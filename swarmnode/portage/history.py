@@ -25,6 +25,7 @@ from pathlib import Path
 
 from portage.versions import catpkgsplit, cpv_getkey
 
+from swarmnode.config import MAX_LOG_JOBS
 from swarmnode.errors import UserError
 from swarmnode.state.scheduling import one_core_seconds
 
@@ -34,6 +35,8 @@ RECENT = 5
 MAX_BUILD_S = 7 * 24 * 3600.0
 #: Packages per learn_history command / API request (a desktop's closure fits in one).
 BATCH = 1000
+#: Most make jobs a logged build can have run with (history --jobs, build.emerge_log_jobs).
+MAX_JOBS = MAX_LOG_JOBS
 #: Largest log read (a busy machine writes ~1 MB per 10 000 lines, years of history).
 MAX_LOG_BYTES = 512 * 1024 * 1024
 
@@ -110,6 +113,13 @@ def wall_seconds(builds: Iterable[Build]) -> dict[str, float]:
     return {key: max(1.0, statistics.median(x.seconds for x in sorted(
                 bs, key=lambda x: x.started)[-RECENT:]))
             for key, bs in sorted(per.items())}
+
+
+def batches(walls: dict[str, float]) -> list[dict[str, float]]:
+    """``walls`` split by package name into maps of at most BATCH packages, each one
+    request / command."""
+    keys = sorted(walls)
+    return [{k: walls[k] for k in keys[i:i + BATCH]} for i in range(0, len(keys), BATCH)]
 
 
 def core_seconds(walls: dict[str, float], jobs: int) -> dict[str, float]:
