@@ -13,7 +13,7 @@ import pytest
 
 from simulation.__main__ import main
 from simulation.schedule.bench import BenchConfig, run_bench
-from simulation.schedule.bounds import gate_bound, lower_bound
+from simulation.schedule.bounds import big_node_bound, gate_bound, lower_bound
 from simulation.schedule.model import SerialParams, build_model, duration, serial_fraction
 from simulation.schedule.reference import emerge_order, simulate_reference
 from simulation.schedule.swarm import SwarmSettings
@@ -21,8 +21,8 @@ from simulation.schedule.matrix import parse_seeds
 from simulation.schedule.synth import generate, variants
 from simulation.schedule.synth import main as synth_main
 from simulation.schedule.timeline import Build, finishing_chain, makespan
-from simulation.schedule.workload import (BenchInputError, Package, parse_fleet,
-                                          parse_workload)
+from simulation.schedule.workload import (BenchInputError, Package, load_workload,
+                                          parse_fleet, parse_workload)
 from swarmnode.state import SwarmState
 from swarmnode.state.scheduling import Candidate, Capacity, one_core_seconds, place, wall_time
 
@@ -74,7 +74,6 @@ def test_without_installed_sizes_the_serial_fraction_follows_the_duration() -> N
 
 
 def test_every_serial_fraction_of_desktop_is_within_bounds() -> None:
-    from simulation.schedule.workload import load_workload
     model = build_model(load_workload(DESKTOP))
     assert all(0.05 - 1e-9 <= s <= 0.9 + 1e-9 for s in model.serial.values())
 
@@ -120,6 +119,39 @@ def test_gate_bound_counts_the_work_waiting_behind_one_package() -> None:
     assert (gate.gate, gate.gate_done_s) == ("a", pytest.approx(30.0))
     assert gate.work_behind_core_s == pytest.approx(1250.0)
     assert gate.value_s == pytest.approx(30 + 1250 / 12) and gate.value_s > bound.value
+
+
+def test_big_node_bound_counts_two_builds_that_each_need_the_one_largest_node() -> None:
+    # x and y (perfectly parallel) take 200 s on the 8-core node, 400 s on the 4-core one
+    w = workload([("x", 400.0, []), ("y", 400.0, []), ("z", 10.0, [])])
+    model = build_model(w, {"packages": {"x": 0.0, "y": 0.0, "z": 0.9}})
+    fleet = parse_fleet("8,4")
+    bound = lower_bound(w, model, fleet)
+    assert bound.value == pytest.approx((1600 + 1600 + 13) / 12)   # the work term
+    big = big_node_bound(w, model, fleet)
+    # on the 8-core node one after the other (400 s), or one on 4 cores (400 s)
+    assert big.builds == ("x", "y") and big.small_cores == 4
+    assert big.value_s == pytest.approx(400.0)
+    result = run_bench(w, fleet, BenchConfig(seed=1))
+    assert result["tighter_bound"]["binding"] == "big_node"
+    assert result["tighter_bound"]["value_s"] == pytest.approx(400.0, abs=1e-3)
+    assert result["makespan_s"] >= 400.0 - 1e-6          # no schedule beats it
+    assert result["reference_policy_makespan_s"] >= 400.0 - 1e-6
+    # two nodes of the largest size: either can take each build, nothing to count
+    assert big_node_bound(w, model, parse_fleet("8,8")).builds == ()
+    # one behind the other: a chain, which the critical path already counts
+    chain = workload([("x", 400.0, []), ("y", 400.0, ["x"])])
+    model = build_model(chain, {"packages": {"x": 0.0, "y": 0.0}})
+    assert big_node_bound(chain, model, fleet).builds == ()
+
+
+def test_big_node_bound_on_desktop_is_chromium_and_rustc() -> None:
+    w = load_workload(DESKTOP)
+    model = build_model(w)
+    fleet = parse_fleet("16,8,14,24,8s")
+    big = big_node_bound(w, model, fleet)
+    assert set(big.builds) == {"chromium", "rustc"} and big.small_cores == 16
+    assert big.value_s > 1.1 * lower_bound(w, model, fleet).value
 
 
 def test_reference_policy_by_hand() -> None:
@@ -282,6 +314,9 @@ def test_several_workloads_and_seeds_run_side_by_side_with_one_summary(
     assert summary["worst"] == {"workload": worst["workload"], "seed": worst["seed"],
                                 "ratio_to_lower_bound": worst["ratio_to_lower_bound"]}
     assert summary["over_ratio_target"] == sum(r["ratio_to_lower_bound"] > 1.3 for r in rows)
+    for r in rows:  # the ratio to a bound no schedule beats: at least 1, at most the issue's
+        assert 1.0 <= r["tighter_bound_ratio"] <= r["ratio_to_lower_bound"]
+    assert summary["worst_tighter_ratio"] == max(r["tighter_bound_ratio"] for r in rows)
     printed = capsys.readouterr().out
     assert "6 runs on 8,8s" in printed and f"worst {worst['ratio_to_lower_bound']:.3f}" in printed
 

@@ -5,6 +5,8 @@ total work (each package at its cheapest core count) spread perfectly over every
 issue's bound (:func:`lower_bound`). :func:`gate_bound` combines the two and is often tighter:
 nothing that depends on a package starts before that package can be built, and all of it then
 shares the fleet's cores (on desktop-shaped workloads: ~600 packages wait for glibc).
+:func:`big_node_bound` counts what the issue's bound counts once: two long builds, neither
+behind the other, that both need the fleet's one largest node (chromium and rustc on desktop).
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ class GateBound:
     gate: str                   # the package ("" when no package has dependents)
     gate_done_s: float          # its earliest end (its chain at the largest node's cores)
     work_behind_core_s: float   # Σ min core-seconds of everything depending on it
+
+
+@dataclass(frozen=True)
+class BigNodeBound:
+    """Two builds that each end the cycle late unless they get the one largest node: either
+    one runs there after the other, or one runs on at most ``small_cores``."""
+
+    value_s: float
+    builds: tuple[str, ...]     # the pair (empty when the fleet has no single largest node)
+    small_cores: int            # max(second-largest node's cores, largest // 2)
 
 
 def _earliest_finish(workload: Workload, model: DurationModel,
@@ -98,4 +110,63 @@ def gate_bound(workload: Workload, model: DurationModel, fleet: list[NodeSpec]) 
         value = finish[name] + behind_s / total_cores
         if behind_s > 0 and value > best.value_s:
             best = GateBound(value, name, finish[name], behind_s)
+    return best
+
+
+#: Longest builds (at the largest node's cores) whose pairs big_node_bound looks at.
+BIG_NODE_CANDIDATES = 12
+
+
+def big_node_bound(workload: Workload, model: DurationModel,
+                   fleet: list[NodeSpec]) -> BigNodeBound:
+    """max over pairs X, Y of long builds, neither depending on the other, of the earliest
+    any schedule can end given where they run.
+
+    Each build runs on one node with fixed cores. If both get more than ``small`` =
+    max(second-largest node, largest // 2) cores, both are on the largest node (no other has
+    that many) and cannot overlap (together more than it has): one starts after the other
+    ends. Otherwise one of them has at most ``small`` cores. So the cycle ends no sooner than
+    the least of: X then Y on the largest node, Y then X, X on ``small`` cores, Y on ``small``
+    cores — each with both builds' earliest starts (their chains at the largest node's cores)
+    and the chains behind them, and each also no sooner than the other build's own chain.
+    """
+    sizes = sorted((n.cores for n in fleet), reverse=True)
+    largest = sizes[0]
+    if len(sizes) < 2 or sizes[1] == largest:
+        return BigNodeBound(0.0, (), largest)
+    small = max(sizes[1], largest // 2)
+    deps = {p.name: p.deps for p in workload.packages}
+    dependents = workload.dependents()
+    order, _ = topo_order(deps)
+    d = {n: model.duration(n, largest) for n in order}
+    start: dict[str, float] = {}
+    for n in order:
+        start[n] = max((start[x] + d[x] for x in deps[n]), default=0.0)
+    tail: dict[str, float] = {}
+    for n in reversed(order):
+        tail[n] = max((d[x] + tail[x] for x in dependents[n]), default=0.0)
+    top = sorted(order, key=lambda n: (-d[n], n))[:BIG_NODE_CANDIDATES]
+    behind: dict[str, set[str]] = {}
+    for n in top:  # every transitive dependent of n
+        seen: set[str] = set()
+        stack = list(dependents[n])
+        while stack:
+            x = stack.pop()
+            if x not in seen:
+                seen.add(x)
+                stack.extend(dependents[x])
+        behind[n] = seen
+    best = BigNodeBound(0.0, (), small)
+    for i, x in enumerate(top):
+        for y in top[i + 1:]:
+            if y in behind[x] or x in behind[y]:
+                continue  # a chain: the critical path already counts both
+            own_x, own_y = start[x] + d[x] + tail[x], start[y] + d[y] + tail[y]
+            value = min(
+                max(own_x, max(start[y], start[x] + d[x]) + d[y] + tail[y]),   # x, then y
+                max(own_y, max(start[x], start[y] + d[y]) + d[x] + tail[x]),   # y, then x
+                max(own_y, start[x] + model.duration(x, small) + tail[x]),     # x small
+                max(own_x, start[y] + model.duration(y, small) + tail[y]))     # y small
+            if value > best.value_s:
+                best = BigNodeBound(value, (x, y), small)
     return best
