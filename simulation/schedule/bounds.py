@@ -135,13 +135,10 @@ def big_node_bound(workload: Workload, model: DurationModel,
     if len(sizes) < 2 or sizes[1] == largest:
         return BigNodeBound(0.0, (), largest)
     small = max(sizes[1], largest // 2)
-    deps = {p.name: p.deps for p in workload.packages}
     dependents = workload.dependents()
-    order, _ = topo_order(deps)
+    order, finish, _ = _earliest_finish(workload, model, largest)
     d = {n: model.duration(n, largest) for n in order}
-    start: dict[str, float] = {}
-    for n in order:
-        start[n] = max((start[x] + d[x] for x in deps[n]), default=0.0)
+    start = {n: finish[n] - d[n] for n in order}
     tail: dict[str, float] = {}
     for n in reversed(order):
         tail[n] = max((d[x] + tail[x] for x in dependents[n]), default=0.0)
