@@ -69,6 +69,18 @@ def _earliest_finish(workload: Workload, model: DurationModel,
     return order, finish, via
 
 
+def _behind(workload: Workload, order: list[str], index: dict[str, int]) -> dict[str, int]:
+    """Every package's transitive dependents, as a bitset over ``order`` (``index``)."""
+    behind: dict[str, int] = {}
+    dependents = workload.dependents()
+    for name in reversed(order):
+        bits = 0
+        for d in dependents[name]:
+            bits |= behind[d] | (1 << index[d])
+        behind[name] = bits
+    return behind
+
+
 def lower_bound(workload: Workload, model: DurationModel, fleet: list[NodeSpec]) -> LowerBound:
     max_cores = max(n.cores for n in fleet)
     total_cores = sum(n.cores for n in fleet)
@@ -90,13 +102,7 @@ def gate_bound(workload: Workload, model: DurationModel, fleet: list[NodeSpec]) 
     order, finish, _ = _earliest_finish(workload, model, max_cores)
     index = {name: i for i, name in enumerate(order)}
     work = [model.min_core_seconds(name, max_cores) for name in order]
-    behind: dict[str, int] = {}          # transitive dependents as a bitset over ``order``
-    dependents = workload.dependents()
-    for name in reversed(order):
-        bits = 0
-        for d in dependents[name]:
-            bits |= behind[d] | (1 << index[d])
-        behind[name] = bits
+    behind = _behind(workload, order, index)
     best = GateBound(0.0, "", 0.0, 0.0)
     total = math.fsum(work)
     for name in sorted(order, key=lambda n: (-finish[n], n)):
@@ -143,20 +149,12 @@ def big_node_bound(workload: Workload, model: DurationModel,
     for n in reversed(order):
         tail[n] = max((d[x] + tail[x] for x in dependents[n]), default=0.0)
     top = sorted(order, key=lambda n: (-d[n], n))[:BIG_NODE_CANDIDATES]
-    behind: dict[str, set[str]] = {}
-    for n in top:  # every transitive dependent of n
-        seen: set[str] = set()
-        stack = list(dependents[n])
-        while stack:
-            x = stack.pop()
-            if x not in seen:
-                seen.add(x)
-                stack.extend(dependents[x])
-        behind[n] = seen
+    index = {name: i for i, name in enumerate(order)}
+    behind = _behind(workload, order, index)
     best = BigNodeBound(0.0, (), small)
     for i, x in enumerate(top):
         for y in top[i + 1:]:
-            if y in behind[x] or x in behind[y]:
+            if behind[x] >> index[y] & 1 or behind[y] >> index[x] & 1:
                 continue  # a chain: the critical path already counts both
             own_x, own_y = start[x] + d[x] + tail[x], start[y] + d[y] + tail[y]
             value = min(

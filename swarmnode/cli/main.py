@@ -177,11 +177,12 @@ def history(ctx: typer.Context,
     """
     import socket
 
+    from swarmnode.config import MAX_LOG_JOBS
     from swarmnode.portage import history as hist
 
     jobs_n = make_jobs if make_jobs is not None else (os.cpu_count() or 1)
-    if not 1 <= jobs_n <= hist.MAX_JOBS:
-        raise UserError(f"--jobs must be within 1..{hist.MAX_JOBS} (got {jobs_n})")
+    if not 1 <= jobs_n <= MAX_LOG_JOBS:
+        raise UserError(f"--jobs must be within 1..{MAX_LOG_JOBS} (got {jobs_n})")
     builds = hist.read_log(emerge_log)
     walls = hist.wall_seconds(builds)
     source = f"{emerge_log} on {socket.gethostname()}"[:200]

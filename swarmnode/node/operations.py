@@ -15,7 +15,7 @@ from portage.dep import Atom, match_from_list
 from portage.versions import cpv_getkey
 
 from swarmnode.binhost import PackageRef
-from swarmnode.config import check_raft_address
+from swarmnode.config import MAX_LOG_JOBS, check_raft_address
 from swarmnode.consensus.raft import NoQuorum
 from swarmnode.errors import UserError
 from swarmnode.node import decisions
@@ -191,9 +191,9 @@ async def learn_history(node: Node, packages: Any, jobs: Any, source: Any) -> di
         raise UserError(f"history: {len(packages)} packages in one request; at most "
                         f"{history.BATCH} (send them in batches)")
     if isinstance(jobs, bool) or not isinstance(jobs, int) \
-            or not 1 <= jobs <= history.MAX_JOBS:
+            or not 1 <= jobs <= MAX_LOG_JOBS:
         raise UserError(f"history: 'jobs' (the make jobs the builds ran with) must be an "
-                        f"integer in 1..{history.MAX_JOBS} (got {str(jobs)[:20]})")
+                        f"integer in 1..{MAX_LOG_JOBS} (got {str(jobs)[:20]})")
     if not isinstance(source, str) or len(source) > 200:
         raise UserError("history: 'source' must be a short text (where the times come from)")
     walls: dict[str, float] = {}

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from portage.versions import catpkgsplit, cpv_getkey
 
-from swarmnode.config import MAX_LOG_JOBS
 from swarmnode.errors import UserError
 from swarmnode.state.scheduling import one_core_seconds
 
@@ -35,8 +34,6 @@ RECENT = 5
 MAX_BUILD_S = 7 * 24 * 3600.0
 #: Packages per learn_history command / API request (a desktop's closure fits in one).
 BATCH = 1000
-#: Most make jobs a logged build can have run with (history --jobs, build.emerge_log_jobs).
-MAX_JOBS = MAX_LOG_JOBS
 #: Largest log read (a busy machine writes ~1 MB per 10 000 lines, years of history).
 MAX_LOG_BYTES = 512 * 1024 * 1024
 
